@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny seeded image folder and one trained run reused by predict/evaluate/export tests."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FLOWERS = SHARED / "data" / "flowers-dev"
+KERAS_HOME = SHARED / "keras_home"
+CLASSES = ("bright", "dark", "striped")
+
+
+def make_image(kind: str, size: int, rng: random.Random) -> Image.Image:
+    """An image whose class is easy to learn from pixels: bright, dark, or striped."""
+    noise = np.asarray([rng.randint(0, 40) for _ in range(size * size * 3)], np.int16).reshape(size, size, 3)
+    if kind == "bright":
+        base = np.full((size, size, 3), 200, np.int16)
+    elif kind == "dark":
+        base = np.full((size, size, 3), 30, np.int16)
+    else:
+        base = np.zeros((size, size, 3), np.int16)
+        base[:, ::8] = 230
+        base[:, 1::8] = 230
+        base[:, 2::8] = 230
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def make_folder(root: Path, per_class: int = 8, size: int = 40, seed: int = 0, classes=CLASSES) -> Path:
+    """A class-folder dataset of small PNG/JPEG images, the same bytes for the same seed."""
+    rng = random.Random(seed)
+    for kind in classes:
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            suffix = ".png" if i % 2 else ".jpg"
+            make_image(kind, size, rng).save(folder / f"{kind}_{i}{suffix}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """3 classes x 8 images of 40 px, class folders layout. Treat as read-only."""
+    return make_folder(tmp_path_factory.mktemp("images") / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(image_folder, tmp_path_factory) -> Path:
+    """One complete run of the tiny backbone on `image_folder`, shared by predict/evaluate/export tests."""
+    from tlcli.config import TrainConfig
+    from tlcli.train import train
+
+    project = tmp_path_factory.mktemp("runs")
+    config = TrainConfig(str(image_folder), backbone="tiny", weights="none", image_size=32, epochs=2,
+                         cache_views=2, fine_tune_epochs=1, batch_size=8, project=str(project))
+    return train(config, quiet=True).run_dir
+
+
+@pytest.fixture
+def cli():
+    """Invoke the tlcli app in-process: cli(["train", ...]) -> click Result."""
+    from tlcli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(args, **kwargs):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+    return invoke
+
+
+requires_flowers = pytest.mark.skipif(
+    not (FLOWERS.is_dir() and KERAS_HOME.is_dir()), reason="../shared (flowers-dev, keras_home) is not here"
+)

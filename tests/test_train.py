@@ -1,0 +1,105 @@
+"""`tlcli train` end to end on synthetic data, and the flowers-dev acceptance run."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from conftest import FLOWERS, KERAS_HOME, make_folder, requires_flowers
+
+TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "2", "--cache-views", "2",
+        "--fine-tune-epochs", "1", "--batch-size", "8"]
+
+
+def test_train_leaves_a_complete_run_directory(cli, trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"model.keras", "labels.txt", "config.json", "history.csv", "metrics.json", "curves.png", ".complete"} <= names
+    assert "skipped.csv" not in names
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["backbone"] == "tiny" and config["image_size"] == 32 and config["unfreeze"] == 0.5
+    assert config["class_names"] == ["bright", "dark", "striped"]
+    assert {"tlcli", "tensorflow", "keras"} <= set(config["versions"])
+    rows = list(csv.DictReader((trained_run / "history.csv").open()))
+    assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "1"), ("2", "1"), ("3", "2")]
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert {"val_accuracy", "val_loss", "n_train", "n_val", "n_skipped", "seconds", "peak_memory_mb"} <= set(metrics)
+    assert metrics["n_train"] + metrics["n_val"] == 24 and metrics["n_skipped"] == 0
+    assert {"phase1", "phase2", "total"} <= set(metrics["seconds"])
+    assert 0 <= metrics["val_accuracy"] <= 1
+    assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (trained_run.parent / "latest").read_text().strip() == trained_run.name
+
+
+def test_saved_model_reproduces_reported_val_metrics(trained_run):
+    """metrics.json describes the saved model, not the last epoch."""
+    from tlcli.config import TrainConfig
+    from tlcli.data import load_folder
+    from tlcli.model import load_classifier
+
+    config = TrainConfig.from_dict(json.loads((trained_run / "config.json").read_text()))
+    folder = load_folder(config.data_dir, config.image_size, config.val_split, config.seed)
+    probabilities = load_classifier(trained_run / "model.keras").predict(folder.val.images.astype("float32"), verbose=0)
+    accuracy = float((probabilities.argmax(1) == folder.val.labels).mean())
+    assert accuracy == pytest.approx(json.loads((trained_run / "metrics.json").read_text())["val_accuracy"])
+
+
+def test_train_cli_json_skips_bad_files_and_never_overwrites(cli, tmp_path):
+    data = make_folder(tmp_path / "data", per_class=5, size=32)
+    (data / "dark" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (data / "empty").mkdir()
+    project = tmp_path / "runs"
+    result = cli(["train", data, *TINY, "--fine-tune-epochs", "0", "--project", project, "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n_skipped"] == 1 and metrics["run_dir"].endswith("train")
+    assert "phase2" not in metrics["seconds"]
+    skipped = list(csv.DictReader((project / "train" / "skipped.csv").open()))
+    assert skipped[0]["path"].endswith("corrupt.png") and skipped[0]["reason"]
+    again = cli(["train", data, *TINY, "--fine-tune-epochs", "0", "--project", project, "--quiet"])
+    assert again.exit_code == 0 and (project / "train2" / "model.keras").exists()
+    assert (project / "latest").read_text().strip() == "train2"
+
+
+def test_train_with_train_val_layout_and_name(cli, tmp_path):
+    make_folder(tmp_path / "d" / "train", per_class=4, size=32)
+    make_folder(tmp_path / "d" / "val", per_class=2, size=32, seed=1)
+    result = cli(["train", tmp_path / "d", *TINY, "--project", tmp_path / "r", "--name", "exp", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert (metrics["n_train"], metrics["n_val"]) == (12, 6)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backbone", "mobilenetv2"], "Did you mean: mobilenet_v2"),
+    (["--unfreeze", "many"], "--unfreeze"),
+    (["--image-size", "4"], "minimum"),
+])
+def test_train_bad_flags_are_one_line_errors(cli, image_folder, tmp_path, args, message):
+    result = cli(["train", image_folder, "--weights", "none", *args, "--project", tmp_path])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # nothing created for a run that never started
+
+
+def test_train_one_class_exits_2(cli, tmp_path):
+    make_folder(tmp_path / "d", per_class=3, size=16, classes=("alone",))
+    result = cli(["train", tmp_path / "d", *TINY, "--project", tmp_path / "r"])
+    assert result.exit_code == 2 and "at least 2 classes" in result.output
+
+
+def test_train_missing_folder_exits_2(cli, tmp_path):
+    result = cli(["train", tmp_path / "nowhere", *TINY])
+    assert result.exit_code == 2 and "not a folder" in result.output
+
+
+@pytest.mark.slow
+@requires_flowers
+def test_flowers_mobilenet_v2_defaults_reach_080(cli, tmp_path, monkeypatch):
+    """Acceptance: default settings on real photos with real ImageNet weights."""
+    monkeypatch.setenv("KERAS_HOME", str(KERAS_HOME))
+    result = cli(["train", FLOWERS, "--backbone", "mobilenet_v2", "--project", tmp_path, "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    print("flowers-dev val_accuracy:", metrics["val_accuracy"])
+    assert metrics["val_accuracy"] >= 0.80

@@ -1,0 +1,3 @@
+from tlcli.cli import main
+
+main()

@@ -1,0 +1,242 @@
+"""The command line: each command parses its flags, builds a config, calls one library function
+and turns `TlcliError` into a one-line message with an exit code.
+
+TensorFlow is imported only inside the commands that need it, so `tlcli --help` is instant.
+Every default comes from `tlcli.config`; each command's docstring is its --help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tlcli import __version__
+from tlcli.config import AugmentConfig, TrainConfig
+from tlcli.errors import TlcliError
+
+app = typer.Typer(
+    name="tlcli",
+    help="Turn a folder of labelled images into a deployable image classifier (transfer learning).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _default(cls, name: str):
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow without its C++ start-up log lines in the user's terminal.
+
+    Those lines are written to file descriptor 2 by native code before any Python logging
+    setting applies, so stderr is pointed at /dev/null for the duration of the import only.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def friendly_errors(command):
+    """Turn tlcli's own errors, interruptions and OS errors into one line and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TlcliError as error:
+            err.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]Interrupted.[/]")
+            raise typer.Exit(130) from None
+        except OSError as error:  # full disk, permissions, … : not a bug in tlcli
+            where = f": {error.filename}" if getattr(error, "filename", None) else ""
+            err.print(f"[bold red]Error:[/] {error.strerror or error}{where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"tlcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+):
+    """Turn a folder of labelled images into a deployable image classifier (transfer learning)."""
+
+
+# Augmentation flags are shared by `train` and `augment-preview`.
+Rotation = Annotated[float, typer.Option(help="Random rotation, degrees either way.", rich_help_panel="Augmentation")]
+Shift = Annotated[float, typer.Option(help="Random width/height shift, fraction of the size.", rich_help_panel="Augmentation")]
+Shear = Annotated[float, typer.Option(help="Random shear, degrees either way.", rich_help_panel="Augmentation")]
+Zoom = Annotated[float, typer.Option(help="Random zoom in or out, fraction.", rich_help_panel="Augmentation")]
+Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip.", rich_help_panel="Augmentation")]
+Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Turn the whole augmentation stage on or off.", rich_help_panel="Augmentation")]
+DataDir = Annotated[Path, typer.Argument(help="One folder per class, or train/ val/ [test/] folders of class folders.", show_default=False)]
+
+
+@app.command()
+@friendly_errors
+def train(
+    data_dir: DataDir,
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
+    weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
+    image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels [default: the backbone's].", show_default=False)] = None,
+    epochs: Annotated[int, typer.Option(help="Phase 1 epochs: head only, backbone frozen.", rich_help_panel="Schedule")] = _default(TrainConfig, "epochs"),
+    cache_views: Annotated[int, typer.Option(help="Phase 1 feature cache: 1 clean view + N-1 augmented views per image.", rich_help_panel="Schedule")] = _default(TrainConfig, "cache_views"),
+    fine_tune_epochs: Annotated[int, typer.Option(help="Phase 2 epochs with the top of the backbone unfrozen; 0 skips it.", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_epochs"),
+    lr: Annotated[float, typer.Option(help="Phase 1 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "lr"),
+    fine_tune_lr: Annotated[float, typer.Option(help="Phase 2 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_lr"),
+    unfreeze: Annotated[str, typer.Option(help="Backbone layers trained in phase 2: a count, a fraction (<1), or auto.", rich_help_panel="Schedule")] = _default(TrainConfig, "unfreeze"),
+    batch_size: Annotated[int, typer.Option(help="Images per training step.", rich_help_panel="Schedule")] = _default(TrainConfig, "batch_size"),
+    dropout: Annotated[float, typer.Option(help="Dropout before the classifier layer.", rich_help_panel="Head")] = _default(TrainConfig, "dropout"),
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.", rich_help_panel="Head")] = _default(TrainConfig, "label_smoothing"),
+    class_weights: Annotated[str, typer.Option(help="auto (balance uneven classes) or none.", rich_help_panel="Head")] = _default(TrainConfig, "class_weights"),
+    val_split: Annotated[float, typer.Option(help="Validation fraction when DATA_DIR has no val/ folder.", rich_help_panel="Data")] = _default(TrainConfig, "val_split"),
+    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.", rich_help_panel="Data")] = _default(TrainConfig, "seed"),
+    augment: Augment = _default(AugmentConfig, "enabled"),
+    rotation: Rotation = _default(AugmentConfig, "rotation"),
+    shift: Shift = _default(AugmentConfig, "shift"),
+    shear: Shear = _default(AugmentConfig, "shear"),
+    zoom: Zoom = _default(AugmentConfig, "zoom"),
+    flip: Flip = _default(AugmentConfig, "flip"),
+    project: Annotated[str, typer.Option(help="Folder holding the runs.", rich_help_panel="Output")] = _default(TrainConfig, "project"),
+    name: Annotated[str, typer.Option(help="Run name; train2, train3, … when taken.", rich_help_panel="Output")] = _default(TrainConfig, "name"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.", rich_help_panel="Output")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel="Output")] = False,
+):
+    """Fine-tune a pretrained backbone on DATA_DIR: head first, then the top of the backbone.
+
+    Leaves a run folder (model.keras, labels.txt, config.json, history.csv, metrics.json,
+    curves.png) that `predict`, `evaluate` and `export` use by default.
+
+    Example: [bold]tlcli train ./flowers --backbone xception --epochs 10[/]
+    """
+    config = TrainConfig(
+        data_dir=str(data_dir), backbone=backbone, weights=weights, image_size=image_size or "auto",
+        epochs=epochs, cache_views=cache_views, fine_tune_epochs=fine_tune_epochs, lr=lr,
+        fine_tune_lr=fine_tune_lr, unfreeze=unfreeze, batch_size=batch_size, val_split=val_split, seed=seed,
+        dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights,
+        augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), project=project, name=name,
+    ).resolve()  # bad flags fail here, before TensorFlow is even imported
+    _import_tensorflow_quietly()
+    from tlcli.train import train as run_training
+
+    result = run_training(config, console=err, quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}))
+    elif not quiet:
+        out.print(_summary_table(result.run_dir, result.metrics))
+
+
+def _summary_table(run_dir: Path, metrics: dict) -> Table:
+    table = Table(title=f"Trained: {run_dir}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("val accuracy", f"{metrics['val_accuracy']:.3f}")
+    table.add_row("val loss", f"{metrics['val_loss']:.3f}")
+    table.add_row("best epoch", str(metrics["best_epoch"]))
+    table.add_row("images (train / val / skipped)", f"{metrics['n_train']} / {metrics['n_val']} / {metrics['n_skipped']}")
+    for phase, seconds in metrics["seconds"].items():
+        table.add_row(f"seconds ({phase})", f"{seconds:.1f}")
+    table.add_row("peak memory", f"{metrics['peak_memory_mb']:.0f} MB")
+    return table
+
+
+@app.command()
+@friendly_errors
+def backbones(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
+):
+    """List the backbones `train --backbone` accepts, with their sizes and preprocessing.
+
+    Example: [bold]tlcli backbones[/]
+    """
+    from tlcli.backbones import BACKBONES
+
+    if as_json:
+        print(json.dumps({name: dataclasses.asdict(spec) for name, spec in BACKBONES.items()}, indent=2))
+        return
+    table = Table(title="Backbones (Keras Applications)", title_justify="left")
+    table.add_column("name", no_wrap=True, min_width=max(map(len, BACKBONES)))
+    for column in ("size", "min", "features", "prep", "unfreeze", "imagenet"):
+        table.add_column(column, justify="left" if column == "prep" else "right", no_wrap=True)
+    for name, spec in BACKBONES.items():
+        table.add_row(name, str(spec.default_size), str(spec.min_size), str(spec.features), spec.preprocess,
+                      f"{spec.unfreeze:.0%}", "yes" if spec.pretrained else "no")
+    out.print(table)
+
+
+@app.command("augment-preview")
+@friendly_errors
+def augment_preview(
+    data_dir: DataDir,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("augment_preview.png"),
+    samples: Annotated[int, typer.Option(help="How many images to show (one row each).")] = 6,
+    variants: Annotated[int, typer.Option(help="Augmented versions per image.")] = 5,
+    image_size: Annotated[int, typer.Option(help="Size the images are shown at.")] = 160,
+    seed: Annotated[int, typer.Option(help="Seed for picking images and augmenting.")] = _default(TrainConfig, "seed"),
+    augment: Augment = _default(AugmentConfig, "enabled"),
+    rotation: Rotation = _default(AugmentConfig, "rotation"),
+    shift: Shift = _default(AugmentConfig, "shift"),
+    shear: Shear = _default(AugmentConfig, "shear"),
+    zoom: Zoom = _default(AugmentConfig, "zoom"),
+    flip: Flip = _default(AugmentConfig, "flip"),
+):
+    """Write a PNG grid of augmented training images, to see what the augmentation flags do.
+
+    Each row is one image: the original, then augmented versions.
+
+    Example: [bold]tlcli augment-preview ./flowers --rotation 30 -o aug.png[/]
+    """
+    config = AugmentConfig(augment, rotation, shift, shear, zoom, flip)
+    TrainConfig(str(data_dir), augment=config).resolve()
+    _import_tensorflow_quietly()
+    from tlcli.augment import write_preview
+
+    path = write_preview(data_dir, output, config, samples=samples, variants=variants, size=image_size, seed=seed)
+    out.print(f"Wrote {path}")
+
+
+# ---- predict / evaluate commands (issue 3) go here ----
+
+
+# ---- export command (issue 4) goes here ----
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The classifier: raw RGB in, class probabilities out.
+
+    image (any size, 0-255) -> Resizing -> Preprocess -> backbone -> pooling -> [dropout -> dense]
+
+The bracketed head is also a model of its own (`head_model`), sharing the same layers, so the
+head can be trained on cached backbone features and the classifier uses the result as is.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from tlcli.backbones import build_backbone, get_spec
+
+BACKBONE_NAME = "backbone"
+
+# Per-channel constants of the preprocessing conventions Keras Applications use.
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="tlcli")
+class Preprocess(layers.Layer):
+    """A backbone's input preprocessing as a plain, safely loadable layer (no Lambda)."""
+
+    MODES = ("tf", "torch", "caffe", "none")
+
+    def __init__(self, mode: str = "tf", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = keras.ops.cast(x, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor(_TORCH_MEAN, self.compute_dtype)
+            std = keras.ops.convert_to_tensor(_TORCH_STD, self.compute_dtype)
+            return (x / 255.0 - mean) / std
+        if self.mode == "caffe":
+            mean = keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
+            return keras.ops.flip(x, axis=-1) - mean
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def build_classifier(backbone: str, n_classes: int, image_size: int, weights: str = "imagenet",
+                     dropout: float = 0.2) -> keras.Model:
+    """The deployable model for `backbone` with a fresh softmax head of `n_classes`."""
+    spec = get_spec(backbone)
+    inputs = keras.Input((None, None, 3), name="image")
+    x = layers.Resizing(image_size, image_size, name="resize")(inputs)
+    x = Preprocess(spec.preprocess, name="preprocess")(x)
+    features = build_backbone(backbone, weights, image_size)
+    features.name = BACKBONE_NAME
+    if pretrained(weights):
+        # training=False keeps BatchNorm in inference mode even while the backbone is fine-tuned:
+        # its ImageNet statistics are worth more than a small dataset's batch statistics.
+        x = features(x, training=False)
+    else:
+        x = features(x)  # from scratch there are no statistics to protect: BatchNorm learns
+
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    # float32 output keeps softmax stable under mixed precision.
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"tlcli_{backbone}")
+
+
+def get_backbone(classifier: keras.Model) -> keras.Model:
+    return classifier.get_layer(BACKBONE_NAME)
+
+
+def feature_model(classifier: keras.Model) -> keras.Model:
+    """Image -> pooled backbone features (the input of the head)."""
+    return keras.Model(classifier.input, classifier.get_layer("pool").output, name="features")
+
+
+def head_model(classifier: keras.Model) -> keras.Model:
+    """Pooled features -> probabilities, sharing the classifier's dropout and dense layers."""
+    inputs = keras.Input(classifier.get_layer("pool").output.shape[1:], name="features")
+    x = classifier.get_layer("dropout")(inputs)
+    return keras.Model(inputs, classifier.get_layer("predictions")(x), name="head")
+
+
+def freeze_backbone(classifier: keras.Model) -> None:
+    """Phase 1: only the head trains."""
+    get_backbone(classifier).trainable = False
+
+
+def pretrained(weights: str) -> bool:
+    """True unless the backbone starts from random weights (--weights none)."""
+    return str(weights).lower() != "none"
+
+
+def unfreeze_top(classifier: keras.Model, unfreeze: int | float, freeze_batchnorm: bool = True) -> int:
+    """Phase 2: train the top `unfreeze` layers (an int count, or a float fraction) of the backbone.
+
+    With `freeze_batchnorm` (pretrained backbones) BatchNorm layers stay frozen: their statistics
+    come from ImageNet and a small dataset's batches would only make them worse.
+    Returns the number of layers unfrozen.
+    """
+    backbone = get_backbone(classifier)
+    body = [l for l in backbone.layers if not isinstance(l, layers.InputLayer)]
+    count = round(len(body) * unfreeze) if isinstance(unfreeze, float) else int(unfreeze)
+    count = max(0, min(count, len(body)))
+    backbone.trainable = True
+    for i, layer in enumerate(body):
+        is_batchnorm = isinstance(layer, layers.BatchNormalization)
+        layer.trainable = i >= len(body) - count and not (freeze_batchnorm and is_batchnorm)
+    return count
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """(trainable, non-trainable) parameter counts."""
+    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    frozen = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+def load_classifier(path) -> keras.Model:
+    """Load a tlcli .keras model in Keras safe mode (no code from the file is run)."""
+    from tlcli.errors import TlcliError
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises ValueError, TypeError, OSError, zipfile errors…
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TlcliError(f"cannot load '{path}' as a Keras model: {text[:200]}") from None

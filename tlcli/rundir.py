@@ -1,0 +1,181 @@
+"""The run directory: the unit of work every command reads or writes.
+
+A run is created under a fresh name (never overwritten), its files are written atomically
+(temporary name, then rename), and it is marked complete, and made the latest run, only once
+training has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlcli.errors import TlcliError
+
+LATEST = "latest"  # file in the project folder naming the newest complete run
+COMPLETE = ".complete"  # marker written last into a finished run
+
+
+def create_run_dir(project: str | os.PathLike, name: str) -> Path:
+    """Make `project/name`, or `name2`, `name3`, … if taken; never reuses an existing folder."""
+    if not re.fullmatch(r"[\w.\- ]+", name) or name in (".", ".."):
+        raise TlcliError(f"--name '{name}' must be a plain folder name.")
+    project = Path(project)
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 100_000):
+            path = project / (name if n == 1 else f"{name}{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise TlcliError(f"cannot create a run folder in '{project}': {error.strerror or error}.") from None
+    raise TlcliError(f"too many runs named '{name}' in '{project}'.")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    """model.save, atomically."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()  # numpy scalars
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def mark_complete(run: Path) -> None:
+    """Mark `run` finished and make it the project's latest run."""
+    write_text(run / COMPLETE, "")
+    write_text(run.parent / LATEST, run.name + "\n")
+
+
+def is_complete(run: Path) -> bool:
+    return (run / COMPLETE).exists()
+
+
+def latest_run(project: str | os.PathLike = "runs") -> Path:
+    """The newest complete run in `project`, or an error saying how to make one."""
+    project = Path(project)
+    pointer = project / LATEST
+    if pointer.is_file():
+        run = project / pointer.read_text(encoding="utf-8").strip()
+        if is_complete(run):
+            return run
+    runs = [p for p in project.glob("*") if p.is_dir() and is_complete(p)] if project.is_dir() else []
+    if not runs:
+        raise TlcliError(f"no finished run in '{project}/': train one with `tlcli train DATA_DIR`, or pass --model.")
+    return max(runs, key=lambda p: (p / COMPLETE).stat().st_mtime)
+
+
+# ---------------------------------------------------------------- --model resolution
+
+MODEL_KINDS = ("keras", "savedmodel", "tflite")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to run, found from --model (or the latest run), with what is needed to feed it."""
+
+    kind: str  # one of MODEL_KINDS
+    path: Path
+    labels: list[str]
+    image_size: int
+    run_dir: Path | None  # the run it belongs to, when known
+
+
+def resolve_model(model: str | os.PathLike | None, project: str | os.PathLike = "runs") -> ModelRef:
+    """--model rules: a run folder, a .keras file, a SavedModel folder or a .tflite file;
+    None means the latest run. Labels and input size come from the files beside the model.
+    """
+    path = latest_run(project) if model is None else Path(model)
+    if not path.exists():
+        raise TlcliError(f"--model: '{path}' does not exist (give a run folder, .keras, SavedModel folder or .tflite).")
+    if path.is_dir() and (path / "model.keras").is_file():
+        return _ref("keras", path / "model.keras", path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return _ref("savedmodel", path, path.parent)
+    if path.is_file() and path.suffix == ".keras":
+        return _ref("keras", path, path.parent)
+    if path.is_file() and path.suffix == ".tflite":
+        return _ref("tflite", path, path.parent)
+    if path.is_dir():
+        raise TlcliError(f"--model: '{path}' holds no model.keras or saved_model.pb (an unfinished run?).")
+    raise TlcliError(f"--model: '{path}' is not a model (expected .keras, .tflite, a SavedModel or run folder).")
+
+
+def _ref(kind: str, path: Path, folder: Path) -> ModelRef:
+    """Find labels.txt and the input size beside the model: in its folder, or the run above it."""
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        labels_file = candidate / "labels.txt"
+        if labels_file.is_file():
+            labels = [l for l in labels_file.read_text(encoding="utf-8").splitlines() if l.strip()]
+            return ModelRef(kind, path, labels, _image_size(candidate), _run_of(candidate))
+    raise TlcliError(f"no labels.txt beside '{path}' or in its run folder: cannot name the classes.")
+
+
+def _image_size(folder: Path) -> int:
+    for name, key in (("model.json", "input_size"), ("config.json", "image_size")):
+        file = folder / name
+        if file.is_file():
+            try:
+                value = json.loads(file.read_text(encoding="utf-8")).get(key)
+            except json.JSONDecodeError:
+                raise TlcliError(f"'{file}' is not valid JSON.") from None
+            if isinstance(value, list):
+                value = value[0]
+            if value:
+                return int(value)
+    raise TlcliError(f"cannot tell the model's input size: no config.json or model.json in '{folder}'.")
+
+
+def _run_of(folder: Path) -> Path | None:
+    return folder if (folder / "config.json").is_file() else None
