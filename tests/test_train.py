@@ -103,3 +103,22 @@ def test_flowers_mobilenet_v2_defaults_reach_080(cli, tmp_path, monkeypatch):
     metrics = json.loads(result.stdout)
     print("flowers-dev val_accuracy:", metrics["val_accuracy"])
     assert metrics["val_accuracy"] >= 0.80
+
+
+def test_cached_fine_tuning_matches_the_saved_model_end_to_end(tmp_path, image_folder):
+    """With pretrained weights phase 2 trains on cached activations; the figures it reports for
+    the best epoch must be those of model.keras run on the images themselves."""
+    from tlcli.backbones import build_backbone
+    from tlcli.config import TrainConfig
+    from tlcli.train import train
+
+    weights = tmp_path / "tiny.weights.h5"
+    build_backbone("tiny", "none", 32).save_weights(weights)
+    config = TrainConfig(str(image_folder), backbone="tiny", weights=str(weights), image_size=32, epochs=1,
+                         cache_views=2, fine_tune_epochs=2, fine_tune_lr=1e-2, batch_size=8, project=str(tmp_path / "r"))
+    result = train(config, quiet=True)
+    assert [row["phase"] for row in result.history] == [1, 2, 2]
+    best = result.history[result.metrics["best_epoch"] - 1]
+    assert best["val_accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
+    assert best["val_loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-3)
+    assert not (result.run_dir / ".cache").exists()  # the cache is removed with training

@@ -113,7 +113,7 @@ def train(
     weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
     image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels [default: the backbone's].", show_default=False)] = None,
     epochs: Annotated[int, typer.Option(help="Phase 1 epochs: head only, backbone frozen.", rich_help_panel="Schedule")] = _default(TrainConfig, "epochs"),
-    cache_views: Annotated[int, typer.Option(help="Phase 1 feature cache: 1 clean view + N-1 augmented views per image.", rich_help_panel="Schedule")] = _default(TrainConfig, "cache_views"),
+    cache_views: Annotated[int, typer.Option(help="Views cached per image: 1 clean + N-1 augmented.", rich_help_panel="Speed")] = _default(TrainConfig, "cache_views"),
     fine_tune_epochs: Annotated[int, typer.Option(help="Phase 2 epochs with the top of the backbone unfrozen; 0 skips it.", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_epochs"),
     lr: Annotated[float, typer.Option(help="Phase 1 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "lr"),
     fine_tune_lr: Annotated[float, typer.Option(help="Phase 2 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_lr"),
@@ -124,6 +124,9 @@ def train(
     class_weights: Annotated[str, typer.Option(help="auto (balance uneven classes) or none.", rich_help_panel="Head")] = _default(TrainConfig, "class_weights"),
     val_split: Annotated[float, typer.Option(help="Validation fraction when DATA_DIR has no val/ folder.", rich_help_panel="Data")] = _default(TrainConfig, "val_split"),
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.", rich_help_panel="Data")] = _default(TrainConfig, "seed"),
+    cache_ram_gb: Annotated[float, typer.Option(help="Memory for cached activations; beyond it they spill to disk.", rich_help_panel="Speed")] = _default(TrainConfig, "cache_ram_gb"),
+    mixed_precision: Annotated[str, typer.Option(help="float16 compute: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "mixed_precision"),
+    xla: Annotated[str, typer.Option(help="XLA-compiled training steps: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "xla"),
     augment: Augment = _default(AugmentConfig, "enabled"),
     rotation: Rotation = _default(AugmentConfig, "rotation"),
     shift: Shift = _default(AugmentConfig, "shift"),
@@ -147,7 +150,8 @@ def train(
         epochs=epochs, cache_views=cache_views, fine_tune_epochs=fine_tune_epochs, lr=lr,
         fine_tune_lr=fine_tune_lr, unfreeze=unfreeze, batch_size=batch_size, val_split=val_split, seed=seed,
         dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights,
-        augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), project=project, name=name,
+        augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), cache_ram_gb=cache_ram_gb,
+        mixed_precision=mixed_precision, xla=xla, project=project, name=name,
     ).resolve()  # bad flags fail here, before TensorFlow is even imported
     _import_tensorflow_quietly()
     from tlcli.train import train as run_training

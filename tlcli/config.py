@@ -37,9 +37,12 @@ class TrainConfig:
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     image_size: int | str = "auto"  # "auto": the backbone's default size
     epochs: int = 5  # phase 1: head only, backbone frozen
-    # Phase 1 trains the head on pooled backbone features computed once per view: one clean view
-    # plus cache_views - 1 augmented ones. An epoch is one pass over every cached view.
+    # The frozen part of the backbone runs once per view of each image (one clean view plus
+    # cache_views - 1 augmented ones) and both phases train on its cached output. A phase 1
+    # epoch is one pass over every cached view; a phase 2 epoch sees each image once, in a
+    # randomly chosen view.
     cache_views: int = 4
+    cache_ram_gb: float = 4.0  # cached activations beyond this spill to a file in the run folder
     fine_tune_epochs: int = 5  # phase 2: top of the backbone unfrozen; 0 skips it
     lr: float = 1e-3
     # A tenth of the head rate: 1e-5 (the keras.io guide) barely moves the weights in a few epochs.
@@ -52,6 +55,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weights: str = "auto"  # "auto" balances uneven classes; "none"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mixed_precision: str = "auto"  # "auto": on when a GPU is present; "on"; "off"
+    xla: str = "auto"  # XLA-compiled training steps; "auto": on when a GPU is present
     project: str = "runs"
     name: str = "train"
 
@@ -73,6 +78,9 @@ class TrainConfig:
         _check(0 <= self.dropout < 1, "--dropout must be in [0, 1).")
         _check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1).")
         _check(self.class_weights in ("auto", "none"), "--class-weights must be auto or none.")
+        _check(self.cache_ram_gb >= 0, "--cache-ram-gb must be 0 or more.")
+        _check(self.mixed_precision in ("auto", "on", "off"), "--mixed-precision must be auto, on or off.")
+        _check(self.xla in ("auto", "on", "off"), "--xla must be auto, on or off.")
         a = self.augment
         _check(0 <= a.rotation <= 180, "--rotation is in degrees, 0 to 180.")
         _check(0 <= a.shear < 90, "--shear is in degrees, 0 to 89.")

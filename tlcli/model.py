@@ -133,3 +133,58 @@ def load_classifier(path) -> keras.Model:
     except Exception as error:  # Keras raises ValueError, TypeError, OSError, zipfile errors…
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TlcliError(f"cannot load '{path}' as a Keras model: {text[:200]}") from None
+
+
+def split_backbone(classifier: keras.Model, unfreeze: int | float) -> tuple[keras.Model, keras.Model | None]:
+    """Split the classifier where phase 2's trainable part begins, for caching what lies below.
+
+    Returns (stem, top): `stem` maps images to the activations at the cut, `top` maps those to the
+    pooled features (None when the stem already ends at the pooled features). The cut is the
+    deepest layer at or below the first unfrozen one whose output alone feeds everything above
+    it (residual and dense connections rule out cuts inside a block). The top shares its layers
+    with the classifier, so training it trains the classifier.
+    """
+    backbone = get_backbone(classifier)
+    body = [l for l in backbone.layers if not isinstance(l, layers.InputLayer)]
+    count = round(len(body) * unfreeze) if isinstance(unfreeze, float) else int(unfreeze)
+    first_trainable = len(body) - max(0, min(count, len(body)))
+    preprocessed = classifier.get_layer("preprocess").output
+    # Bare keras.ops arithmetic (ConvNeXt, MobileNetV3) is in the graph but not in .layers.
+    graph = [op for op in backbone.operations if not isinstance(op, layers.InputLayer)]
+    limit = graph.index(body[first_trainable]) if first_trainable < len(body) else len(graph)
+    for i in reversed([i for i in _valid_cuts(graph) if i < limit]):
+        cut = graph[i].output
+        top_backbone = keras.Model(cut, backbone.output, name="backbone_top")
+        bottom = keras.Model(backbone.input, cut, name="backbone_bottom")
+        stem = keras.Model(classifier.input, bottom(preprocessed, training=False), name="stem")
+        inputs = keras.Input(cut.shape[1:], name="activations")
+        pooled = classifier.get_layer("pool")(top_backbone(inputs, training=False))
+        return stem, keras.Model(inputs, pooled, name="top")
+    return feature_model(classifier), None  # no cut inside the backbone: cache pooled features
+
+
+def _valid_cuts(graph: list) -> list[int]:
+    """Indices i (of operations in topological order) where op i's output alone feeds all above it.
+
+    One pass: a cut at i is valid when no operation after i reads a tensor made before i.
+    """
+    position = {id(op): i for i, op in enumerate(graph)}
+    earliest_input = []  # per operation: the position of the earliest one it reads from
+    for layer in graph:
+        sources = [position.get(id(t._keras_history.operation), -1)
+                   for node in layer._inbound_nodes for t in node.input_tensors]
+        earliest_input.append(min(sources, default=-1))
+        if len(layer._inbound_nodes) != 1:  # a shared layer cannot be cut cleanly
+            earliest_input[-1] = -1
+    valid, lowest_above = [], len(graph)
+    for i in range(len(graph) - 1, -1, -1):
+        if lowest_above >= i and len(graph[i]._inbound_nodes) == 1:
+            valid.append(i)
+        lowest_above = min(lowest_above, earliest_input[i])
+    return sorted(valid)
+
+
+def top_classifier(top: keras.Model, classifier: keras.Model) -> keras.Model:
+    """Cached activations -> probabilities: `top` followed by the classifier's own head."""
+    x = classifier.get_layer("dropout")(top.output)
+    return keras.Model(top.input, classifier.get_layer("predictions")(x), name="top_classifier")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 def make_progress(console: Console, quiet: bool = False) -> Progress:
+    # Narrow fixed columns leave room for the live metrics on an 80-column terminal.
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=12),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("<"),
-        TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
         disable=quiet,
@@ -40,9 +39,9 @@ class Step:
 
 
 def format_logs(logs) -> str:
+    """Keras logs as 'loss 0.552 acc 0.971 | val 0.794 0.790' (val loss, val accuracy)."""
     logs = logs or {}
-    parts = []
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in logs:
-            parts.append(f"{key.replace('accuracy', 'acc')} {float(logs[key]):.3f}")
-    return "  ".join(parts)
+    text = " ".join(f"{name} {float(logs[key]):.3f}" for key, name in (("loss", "loss"), ("accuracy", "acc")) if key in logs)
+    if "val_loss" in logs:
+        text += f" | val {float(logs['val_loss']):.3f} {float(logs['val_accuracy']):.3f}"
+    return text

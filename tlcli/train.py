@@ -1,19 +1,20 @@
 """`tlcli train`: the two-phase fine-tuning schedule, from DATA_DIR to a complete run directory.
 
-Phase 1 trains the head on a frozen backbone. Because the backbone's BatchNorm runs in inference
-mode and dropout sits in the head, the backbone's pooled features of an image never change during
-phase 1: they are computed once per view (one clean view plus augmented ones) and the head is
-trained on them, instead of running the backbone forward again every epoch.
-Phase 2 unfreezes the top of the backbone and fine-tunes end to end at a lower learning rate.
+    load images once -> split the classifier where phase 2's trainable part begins
+    -> run the frozen stem once per view (tlcli.cache)
+    -> phase 1: head on pooled features -> phase 2: unfrozen top + head on cached activations
+    -> best model, metrics, curves
 
+Backbones trained from scratch (--weights none) have no BatchNorm statistics worth freezing, so
+their phase 2 runs end to end on freshly augmented images instead.
 Imported only by the commands that train: importing it imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,13 +25,18 @@ import numpy as np
 import tensorflow as tf
 from rich.console import Console
 
-from tlcli import __version__
+from tlcli import __version__, cache
+from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
+from tlcli.data import class_weights, load_folder, make_dataset
 from tlcli.errors import TlcliError
+from tlcli.model import (build_classifier, count_params, feature_model, freeze_backbone, head_model, pretrained,
+                         split_backbone, top_classifier, unfreeze_top)
 from tlcli.progress import Step, format_logs, make_progress
 from tlcli.rundir import create_run_dir, mark_complete, save_model, write_csv, write_json, write_text
 
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+CACHE_DIR = ".cache"  # inside the run folder; removed when training ends
 
 
 @dataclass
@@ -44,85 +50,113 @@ def train(config: TrainConfig, console: Console | None = None, quiet: bool = Fal
     """Fine-tune `config.backbone` on `config.data_dir` and leave a complete run directory."""
     console = console or Console(stderr=True)
     config = config.resolve()
-    from tlcli.augment import build_augmenter
-    from tlcli.data import class_weights, load_folder, make_dataset
-    from tlcli.model import build_classifier, count_params, freeze_backbone, pretrained, unfreeze_top
-
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
+    xla = config.xla == "on" or (config.xla == "auto" and gpu)
     keras.utils.set_random_seed(config.seed)
-    size = config.image_size
+    say = (lambda *a: None) if quiet else console.print
+
     with make_progress(console, quiet) as progress:
-        loading = Step(progress, "Loading images")
-        data = load_folder(config.data_dir, size, config.val_split, config.seed, loading)
+        loading = Step(progress, "Loading")
+        data = load_folder(config.data_dir, config.image_size, config.val_split, config.seed, loading)
         loading.done(f"{len(data.train)} train, {len(data.val)} val, {len(data.skipped)} skipped")
     for note in data.warnings:
-        console.print(f"[yellow]warning:[/] {note}") if not quiet else None
-    if data.skipped and not quiet:
-        console.print(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
-
-    classifier = build_classifier(config.backbone, len(data.class_names), size, config.weights, config.dropout)
-    run = create_run_dir(config.project, config.name)
-    if not quiet:
-        console.print(f"Run directory: [bold]{run}[/]")
-    write_json(run / "config.json", {**config.to_dict(), "class_names": data.class_names, "versions": versions()})
-    write_text(run / "labels.txt", "\n".join(data.class_names) + "\n")
+        say(f"[yellow]warning:[/] {note}")
     if data.skipped:
-        write_csv(run / "skipped.csv", ["path", "reason"], data.skipped)
+        say(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
 
+    previous_policy = keras.mixed_precision.dtype_policy()
+    if mixed:  # float16 compute, float32 weights; the output layer stays float32
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        classifier = build_classifier(config.backbone, len(data.class_names), config.image_size, config.weights,
+                                      config.dropout)
+        run = create_run_dir(config.project, config.name)
+        say(f"Run directory: [bold]{run}[/]" + ("  (GPU" + (", mixed precision" if mixed else "") +
+                                                (", XLA" if xla else "") + ")" if gpu else ""))
+        write_json(run / "config.json", {**config.to_dict(), "class_names": data.class_names, "versions": versions()})
+        write_text(run / "labels.txt", "\n".join(data.class_names) + "\n")
+        if data.skipped:
+            write_csv(run / "skipped.csv", ["path", "reason"], data.skipped)
+        try:
+            return _fit(config, data, classifier, run, progress_console=console, quiet=quiet, xla=xla)
+        finally:
+            shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Console, quiet: bool,
+         xla: bool) -> TrainResult:
+    say = (lambda *a: None) if quiet else progress_console.print
     n_classes = len(data.class_names)
     weights = class_weights(data.train.labels, n_classes) if config.class_weights == "auto" else None
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    augmenter = build_augmenter(config.augment, config.image_size, config.seed)
     keeper = BestKeeper(classifier, run / "model.keras")
     history: list[dict] = []
     seconds: dict[str, float] = {}
     throughput: dict[str, float] = {}
-    val_ds = make_dataset(data.val, n_classes, config.batch_size, shuffle=False)
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-    augmenter = build_augmenter(config.augment, size, config.seed)
+    to_onehot = np.eye(n_classes, dtype=np.float32)
+
+    # Phase 2 trains on cached activations only when BatchNorm is frozen (pretrained weights);
+    # otherwise the stem is the whole frozen feature extractor and phase 2 runs end to end.
+    cached_phase2 = config.fine_tune_epochs > 0 and pretrained(config.weights)
+    freeze_backbone(classifier)
+    stem, top = split_backbone(classifier, config.unfreeze) if cached_phase2 else (feature_model(classifier), None)
+    cached_phase2 = cached_phase2 and top is not None
 
     interrupted = False
     try:
-        # ---- phase 1: head on cached features of a frozen backbone
-        freeze_backbone(classifier)
+        # ---- phase 1: the head, on pooled features of every cached view
         start = time.perf_counter()
-        with make_progress(console, quiet) as progress:
-            features = cache_features(classifier, augmenter, data, config, progress)
-            head = features.head
-            head.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=["accuracy"])
-            steps = -(-len(features.train_y) // config.batch_size)
+        with make_progress(progress_console, quiet) as progress:
+            step = Step(progress, "Caching")
+            step.start(len(data.train) * config.cache_views + len(data.val))
+            activations = cache.compute(stem, augmenter, data.train.images, data.train.labels, data.val.images,
+                                        data.val.labels, config.cache_views, config.batch_size,
+                                        config.cache_ram_gb * 2**30, run / CACHE_DIR, step)
+            train_x, val_x = cache.pooled_features(top, activations, config.batch_size)
+            step.done(f"{config.cache_views} view(s) in {activations.seconds:.1f}s"
+                      + (" (spilled to disk)" if activations.spilled else ""))
+            head = head_model(classifier)
+            head.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=["accuracy"], jit_compile=xla)
             head.fit(
-                features.train_dataset(config.batch_size, config.seed, n_classes),
-                validation_data=features.val_dataset(config.batch_size, n_classes),
-                epochs=config.epochs,
-                class_weight=weights,
-                verbose=0,
-                shuffle=False,  # the dataset shuffles itself
-                callbacks=[EpochBars(progress, "Head", config.epochs, steps),
+                train_x, to_onehot[np.tile(data.train.labels, config.cache_views)],
+                batch_size=config.batch_size, epochs=config.epochs, shuffle=True, class_weight=weights,
+                validation_data=(val_x, to_onehot[data.val.labels]), verbose=0,
+                callbacks=[EpochBars(progress, "Head", config.epochs, -(-len(train_x) // config.batch_size)),
                            HistoryRecorder(history, phase=1, lr=config.lr), keeper],
             )
         seconds["phase1"] = time.perf_counter() - start
-        throughput["phase1_images_per_second"] = len(data.train) * config.cache_views / max(features.seconds, 1e-9)
+        throughput["phase1_images_per_second"] = (len(train_x) + len(val_x)) / seconds["phase1"]
 
-        # ---- phase 2: fine-tune the top of the backbone end to end
+        # ---- phase 2: the top of the backbone and the head, at a lower learning rate
         if config.fine_tune_epochs > 0:
             keeper.restore()  # continue from the best head, not the last one
             unfrozen = unfreeze_top(classifier, config.unfreeze, freeze_batchnorm=pretrained(config.weights))
-            trainer = keras.Sequential([augmenter, classifier], name="trainer")
-            trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=loss, metrics=["accuracy"])
-            if not quiet:
-                trainable, frozen = count_params(classifier)
-                console.print(f"Phase 2: {unfrozen} backbone layers unfrozen "
-                              f"({trainable:,} trainable / {frozen:,} frozen parameters)")
+            trainable, frozen = count_params(classifier)
+            say(f"Fine-tuning the top {unfrozen} backbone layers ({trainable:,} trainable / {frozen:,} frozen "
+                f"parameters)" + ("" if cached_phase2 else ", end to end"))
+            if cached_phase2:
+                trainer = top_classifier(top, classifier)
+                train_data = cache.RandomViews(activations, n_classes, config.batch_size, config.seed, weights)
+                val_data = (activations.val, to_onehot[data.val.labels])
+                fit_weights = None  # RandomViews yields the class weights as sample weights
+            else:
+                trainer = keras.Sequential([augmenter, classifier], name="trainer")
+                train_data = make_dataset(data.train, n_classes, config.batch_size, shuffle=True, seed=config.seed)
+                val_data = make_dataset(data.val, n_classes, config.batch_size, shuffle=False)
+                fit_weights = weights
+            trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=loss, metrics=["accuracy"],
+                            jit_compile=xla)
             start = time.perf_counter()
-            steps = -(-len(data.train) // config.batch_size)
-            with make_progress(console, quiet) as progress:
+            with make_progress(progress_console, quiet) as progress:
                 trainer.fit(
-                    make_dataset(data.train, n_classes, config.batch_size, shuffle=True, seed=config.seed),
-                    validation_data=val_ds,
-                    epochs=config.fine_tune_epochs,
-                    class_weight=weights,
-                    verbose=0,
-                    shuffle=False,  # the dataset shuffles itself
-                    callbacks=[EpochBars(progress, "Fine-tune", config.fine_tune_epochs, steps,
-                                              first_epoch=config.epochs),
+                    train_data, validation_data=val_data, validation_batch_size=config.batch_size if cached_phase2 else None,
+                    epochs=config.fine_tune_epochs, class_weight=fit_weights, verbose=0, shuffle=False,
+                    callbacks=[EpochBars(progress, "Tune", config.fine_tune_epochs,
+                                         -(-len(data.train) // config.batch_size), first_epoch=config.epochs),
                                HistoryRecorder(history, phase=2, lr=config.fine_tune_lr, offset=config.epochs),
                                keeper],
                 )
@@ -132,8 +166,10 @@ def train(config: TrainConfig, console: Console | None = None, quiet: bool = Fal
         interrupted = True
 
     keeper.restore()
+    # Measured on the saved model end to end, from images: the figures describe model.keras.
     classifier.compile(loss=loss, metrics=["accuracy"])
-    val_loss, val_accuracy = classifier.evaluate(val_ds, verbose=0)
+    val_loss, val_accuracy = classifier.evaluate(make_dataset(data.val, n_classes, config.batch_size, shuffle=False),
+                                                 verbose=0)
     metrics = {
         "val_accuracy": float(val_accuracy),
         "val_loss": float(val_loss),
@@ -158,63 +194,6 @@ def train(config: TrainConfig, console: Console | None = None, quiet: bool = Fal
         raise TlcliError(f"interrupted; the best model so far is in {run / 'model.keras'}.", exit_code=130)
     mark_complete(run)
     return TrainResult(run, metrics, history)
-
-
-@dataclass
-class CachedFeatures:
-    """Pooled backbone features: train ones for every view, val ones for the clean view."""
-
-    head: object
-    train_x: np.ndarray  # (views * n_train, features)
-    train_y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
-    seconds: float
-
-    def train_dataset(self, batch_size: int, seed: int, n_classes: int):
-        ds = tf.data.Dataset.from_tensor_slices((self.train_x, tf.one_hot(self.train_y, n_classes)))
-        return ds.shuffle(len(self.train_y), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-
-    def val_dataset(self, batch_size: int, n_classes: int):
-        return tf.data.Dataset.from_tensor_slices((self.val_x, tf.one_hot(self.val_y, n_classes))).batch(batch_size)
-
-
-def cache_features(classifier, augmenter, data, config: TrainConfig, progress) -> CachedFeatures:
-    """Run the frozen backbone once per view of every training image and once per val image."""
-    from tlcli.model import feature_model, head_model
-
-    extract = feature_model(classifier)
-    batch = config.batch_size
-    n_views = config.cache_views
-    step = Step(progress, "Caching features")
-    step.start(len(data.train) * n_views + len(data.val))
-    start = time.perf_counter()
-
-    size = data.train.images.shape[1]
-    signature = [tf.TensorSpec((None, size, size, 3), tf.uint8)]
-
-    @tf.function(input_signature=signature)
-    def clean_view(images):
-        return extract(tf.cast(images, tf.float32), training=False)
-
-    @tf.function(input_signature=signature)
-    def augmented_view(images):
-        return extract(augmenter(tf.cast(images, tf.float32), training=True), training=False)
-
-    def run(images, augment):
-        view = augmented_view if augment else clean_view
-        out = []
-        for i in range(0, len(images), batch):
-            out.append(view(images[i:i + batch]).numpy())
-            step.advance(len(images[i:i + batch]))
-        return np.concatenate(out) if out else np.zeros((0, extract.output_shape[-1]), np.float32)
-
-    train_x = np.concatenate([run(data.train.images, augment=v > 0) for v in range(n_views)])
-    train_y = np.tile(data.train.labels, n_views)
-    val_x = run(data.val.images, augment=False)
-    seconds = time.perf_counter() - start
-    step.done(f"{n_views} view(s) in {seconds:.1f}s")
-    return CachedFeatures(head_model(classifier), train_x, train_y, val_x, data.val.labels, seconds)
 
 
 class BestKeeper(keras.callbacks.Callback):

@@ -1,0 +1,119 @@
+"""Outputs of the frozen part of the model, computed once per view and trained on in both phases.
+
+With BatchNorm in inference mode, the frozen layers of a pretrained backbone are a fixed function
+of their input: running them again every epoch, as the hand-written recipe does, recomputes the
+same numbers. tlcli runs them once per view of each image (a clean view plus augmented ones) and
+keeps the result here, in memory or, past a budget, in a file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass
+class ActivationCache:
+    """`train[v, i]` is the stem's output for view v of training image i; `val[i]` for val image i."""
+
+    train: np.ndarray  # (views, n_train, ...)
+    train_labels: np.ndarray
+    val: np.ndarray  # (n_val, ...)
+    val_labels: np.ndarray
+    seconds: float
+    spilled: bool
+
+    @property
+    def views(self) -> int:
+        return self.train.shape[0]
+
+
+def allocate(shape: tuple, dtype, budget_bytes: float, spill_dir: Path, name: str) -> tuple[np.ndarray, bool]:
+    """An array in memory, or a file-backed one in `spill_dir` when larger than the budget."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes <= budget_bytes:
+        return np.empty(shape, dtype), False
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(spill_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape), True
+
+
+def compute(stem: keras.Model, augmenter: keras.Model, train_images: np.ndarray, train_labels: np.ndarray,
+            val_images: np.ndarray, val_labels: np.ndarray, views: int, batch_size: int,
+            budget_bytes: float, spill_dir: Path, step=None) -> ActivationCache:
+    """Run `stem` over every view of the training images (view 0 clean) and over the val images."""
+    import time
+
+    size = train_images.shape[1]
+    signature = [tf.TensorSpec((None, size, size, 3), tf.uint8)]
+
+    @tf.function(input_signature=signature)
+    def clean(images):
+        return stem(tf.cast(images, tf.float32), training=False)
+
+    @tf.function(input_signature=signature)
+    def augmented(images):
+        return stem(augmenter(tf.cast(images, tf.float32), training=True), training=False)
+
+    out_shape = tuple(stem.output.shape[1:])
+    dtype = stem.output.dtype if isinstance(stem.output.dtype, str) else stem.output.dtype.name
+    budget_train = budget_bytes * len(train_images) * views / max(1, len(train_images) * views + len(val_images))
+    train, spilled = allocate((views, len(train_images), *out_shape), dtype, budget_train, spill_dir, "train")
+    val, spilled_val = allocate((len(val_images), *out_shape), dtype, budget_bytes - budget_train, spill_dir, "val")
+    start = time.perf_counter()
+
+    def fill(target, images, run):
+        for i in range(0, len(images), batch_size):
+            target[i:i + batch_size] = run(images[i:i + batch_size]).numpy()
+            if step:
+                step.advance(len(images[i:i + batch_size]))
+
+    for v in range(views):
+        fill(train[v], train_images, augmented if v else clean)
+    fill(val, val_images, clean)
+    return ActivationCache(train, train_labels, val, val_labels, time.perf_counter() - start, spilled or spilled_val)
+
+
+def pooled_features(top: keras.Model | None, cache: ActivationCache, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train features of every view stacked, val features): the head's inputs in phase 1."""
+    if top is None:  # the stem already ends in pooled features
+        return cache.train.reshape(-1, cache.train.shape[-1]), np.asarray(cache.val)
+
+    def run(array):
+        return np.concatenate([top(np.asarray(array[i:i + batch_size]), training=False).numpy()
+                               for i in range(0, len(array), batch_size)]) if len(array) else np.zeros((0, top.output.shape[-1]))
+
+    return np.concatenate([run(cache.train[v]) for v in range(cache.views)]), run(cache.val)
+
+
+class RandomViews(keras.utils.PyDataset):
+    """Phase 2 batches from the cache: each epoch sees every image once, in a random cached view."""
+
+    def __init__(self, cache: ActivationCache, n_classes: int, batch_size: int, seed: int,
+                 class_weights: dict[int, float] | None = None):
+        super().__init__()
+        self.cache, self.n_classes, self.batch_size = cache, n_classes, batch_size
+        self.weights = None if class_weights is None else np.asarray([class_weights[i] for i in range(n_classes)], np.float32)
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(self.cache.train.shape[1] / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        order = np.argsort(rows)  # sorted reads are kinder to a file-backed cache
+        rows, views = rows[order], self.view[rows[order]]
+        x = np.asarray(self.cache.train[views, rows])
+        labels = self.cache.train_labels[rows]
+        y = np.eye(self.n_classes, dtype=np.float32)[labels]
+        return (x, y) if self.weights is None else (x, y, self.weights[labels])
+
+    def on_epoch_end(self) -> None:
+        n = self.cache.train.shape[1]
+        self.order = self.rng.permutation(n)
+        self.view = self.rng.integers(self.cache.views, size=n)
