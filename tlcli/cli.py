@@ -236,6 +236,77 @@ def augment_preview(
 
 
 # ---- export command (issue 4) goes here ----
+@app.command()
+@friendly_errors
+def export(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run folder or .keras file (default: the newest run).", show_default=False)] = None,
+    tflite: Annotated[bool, typer.Option("--tflite", help="Write model.tflite (float32); the default when nothing else is asked for.", rich_help_panel="Formats")] = False,
+    quantize: Annotated[Optional[list[str]], typer.Option("--quantize", help="Also write a quantized TFLite model: float16, dynamic, int8 or all (repeatable).", rich_help_panel="Formats", show_default=False)] = None,
+    saved_model: Annotated[bool, typer.Option("--saved-model", help="Write a SavedModel folder for TF Serving.", rich_help_panel="Formats")] = False,
+    int8_io: Annotated[bool, typer.Option("--int8-io", help="int8 model with uint8 input/output tensors (input 0..255 as is); implies --quantize int8.", rich_help_panel="Formats")] = False,
+    calibration_data: Annotated[Optional[Path], typer.Option(help="Images to calibrate int8 on (default: the run's training images).", rich_help_panel="Quantization", show_default=False)] = None,
+    calibration_samples: Annotated[int, typer.Option(help="How many calibration images int8 uses.", rich_help_panel="Quantization")] = 200,
+    check_data: Annotated[Optional[Path], typer.Option(help="Class folders (or train/val layout: val) to check the exports on (default: the run's validation images).", rich_help_panel="Check", show_default=False)] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Minimum top-1 agreement with the Keras model (default: 0.98 float, 0.95 int8/dynamic).", rich_help_panel="Check", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write to (default: <run>/export).", rich_help_panel="Output", show_default=False)] = None,
+    project: Annotated[str, typer.Option(help="Folder holding the runs.", rich_help_panel="Output")] = _default(TrainConfig, "project"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the check results as one JSON object on stdout.", rich_help_panel="Output")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel="Output")] = False,
+):
+    """Export a trained model to TFLite (float32, float16, dynamic, int8) and SavedModel, and check each.
+
+    Every file takes raw RGB images (preprocessing is inside, augmentation is not) and comes
+    with labels.txt and model.json. Each one is run next to the Keras model on the run's
+    validation images: agreement, accuracy, size and latency. One below --min-agreement is a
+    failure (exit code 1), kept to inspect.
+
+    Example: [bold]tlcli export --quantize all --saved-model[/]
+    """
+    from tlcli.export import select_formats
+
+    formats = select_formats(tflite, quantize or [], saved_model, int8_io)  # bad flags fail before TensorFlow loads
+    _import_tensorflow_quietly()
+    from tlcli.export import export as run_export
+
+    result = run_export(model, project, formats, output, calibration_data, calibration_samples, int8_io,
+                        check_data, min_agreement, console=err, quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    elif not quiet:
+        out.print(_export_table(result))
+        for check in result.artifacts:
+            for note in check.notes:
+                err.print(f"[yellow]* {check.file}:[/] {note}", highlight=False)
+    if result.failures:
+        names = ", ".join(f"{c.file} ({c.agreement:.1%} < {c.min_agreement * 100:g}%)" for c in result.failures)
+        raise TlcliError(f"below --min-agreement, kept for inspection: {names}", exit_code=1)
+
+
+def _export_table(result) -> Table:
+    from rich import box
+    from rich.markup import escape
+
+    table = Table(title=escape(f"Exported to {result.output}"),
+                  caption=escape(f"Checked on {result.n_check} images: {result.check_data}"),
+                  title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, show_edge=False)
+    for column in ("file", "size", "×f32", "agreement", "accuracy", "ms/image", "check"):
+        table.add_column(column, justify="left" if column in ("file", "check") else "right", no_wrap=True)
+    float32 = next((c for c in result.artifacts if c.format == "float32"), None)
+    ref = result.reference
+    table.add_row(ref.file, _megabytes(ref.size_bytes), "", "", f"{ref.accuracy:.1%}", f"{ref.latency_ms:.2f}",
+                  "reference")
+    for c in result.artifacts:
+        ratio = f"{c.size_bytes / float32.size_bytes:.2f}" if float32 else ""
+        verdict = ("[green]ok[/]" if c.passed else f"[bold red]FAIL[/] <{c.min_agreement * 100:g}%") + ("*" if c.notes else "")
+        name = c.file + ("/" if c.format == "saved_model" else "")
+        table.add_row(name, _megabytes(c.size_bytes), ratio, f"{c.agreement:.1%}", f"{c.accuracy:.1%}",
+                      f"{c.latency_ms:.2f}", verdict)
+    return table
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def main():

@@ -1,0 +1,409 @@
+"""`tlcli export`: every format converts, runs and is checked against the Keras model for real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_folder
+from tlcli.errors import TlcliError
+from tlcli.export import FORMATS, select_formats
+
+
+def _export(args):
+    from tlcli.cli import app
+
+    return CliRunner().invoke(app, ["export", *map(str, args)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    """Every format of the shared tiny run, checked on its validation split: (folder, --json dict)."""
+    out = tmp_path_factory.mktemp("export") / "all"
+    result = _export(["--model", trained_run, "--quantize", "all", "--saved-model", "--output", out, "--json"])
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads(result.stdout)
+    assert result.exit_code == (0 if report["passed"] else 1)
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def exported_int8_io(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "int8io"
+    result = _export(["--model", trained_run, "--int8-io", "--output", out, "--json", "--min-agreement", "0"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def keras_model(trained_run):
+    from tlcli.model import load_classifier
+
+    return load_classifier(trained_run / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def val_split(trained_run):
+    from tlcli.data import load_folder
+
+    config = json.loads((trained_run / "config.json").read_text())
+    return load_folder(config["data_dir"], config["image_size"], config["val_split"], config["seed"]).val
+
+
+# ---------------------------------------------------------------- flags
+
+
+def test_select_formats_defaults_repeats_and_all():
+    assert select_formats() == ["float32"]
+    assert select_formats(saved_model=True) == ["saved_model"]
+    assert select_formats(tflite=True, saved_model=True) == ["float32", "saved_model"]
+    assert select_formats(quantize=["int8"]) == ["float32", "int8"]  # --quantize implies --tflite
+    assert select_formats(quantize=["int8", "fp16", "int8"]) == ["float32", "float16", "int8"]
+    assert select_formats(quantize=["dynamic,float16"]) == ["float32", "float16", "dynamic"]
+    assert select_formats(quantize=["all"]) == ["float32", "float16", "dynamic", "int8"]
+    assert select_formats(int8_io=True) == ["float32", "int8"]
+    with pytest.raises(TlcliError) as error:
+        select_formats(quantize=["int4"])
+    assert error.value.exit_code == 2 and "int8" in str(error.value)
+
+
+def test_formats_table_is_consistent():
+    files = [f.file for f in FORMATS.values()]
+    assert len(set(files)) == len(files)
+    for name, fmt in FORMATS.items():
+        assert fmt.kind in ("tflite", "saved_model")
+        assert 0.9 <= fmt.min_agreement <= 1.0
+    assert FORMATS["float32"].min_agreement == 0.98 and FORMATS["int8"].min_agreement == 0.95
+
+
+def test_bad_quantize_value_is_a_one_line_error(cli):
+    result = cli(["export", "--quantize", "int4"])
+    assert result.exit_code == 2
+    assert "unknown --quantize precision 'int4'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- every format
+
+
+def test_every_format_is_written_with_labels_and_model_json(exported):
+    out, report = exported
+    for name in ("float32", "float16", "dynamic", "int8", "saved_model"):
+        assert (out / FORMATS[name].file).exists(), name
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+    assert (out / "labels.txt").read_text().split() == ["bright", "dark", "striped"]
+    assert [a["format"] for a in report["artifacts"]] == ["float32", "float16", "dynamic", "int8", "saved_model"]
+    assert not [a["notes"] for a in report["artifacts"] if a["notes"]]  # each is quantized as its name says
+    # Nothing temporary is left behind by the atomic writes.
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_model_json_says_how_to_feed_the_model(exported, trained_run):
+    out, _ = exported
+    info = json.loads((out / "model.json").read_text())
+    assert info["input_size"] == 32 and info["input_shape"] == [1, 32, 32, 3]
+    assert info["input_range"] == [0, 255] and info["input_color"] == "RGB"
+    assert info["labels"] == (trained_run / "labels.txt").read_text().split()
+    assert info["backbone"] == "tiny"
+    from tlcli import __version__
+
+    assert info["tlcli_version"] == __version__
+    assert set(info["files"]) == {"model.tflite", "model_fp16.tflite", "model_dynamic.tflite", "model_int8.tflite",
+                                  "saved_model"}
+    assert info["files"]["model_int8.tflite"]["input_dtype"] == "float32"  # float I/O unless --int8-io
+    assert info["files"]["saved_model"]["signature"] == "serving_default"
+
+
+def test_every_tflite_runs_in_litert_and_the_figures_are_computed(exported, keras_model, val_split):
+    from tlcli.export import run_tflite
+
+    out, report = exported
+    reference = keras_model.predict(val_split.images.astype(np.float32), verbose=0)
+    for row in report["artifacts"]:
+        if row["format"] == "saved_model":
+            continue
+        probs = run_tflite(out / row["file"], val_split.images)
+        assert probs.shape == reference.shape
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=0.02)  # int8 softmax: steps of 1/256
+        # The reported figures are exactly what running the file gives.
+        assert row["agreement"] == pytest.approx(np.mean(probs.argmax(-1) == reference.argmax(-1)))
+        assert row["accuracy"] == pytest.approx(np.mean(probs.argmax(-1) == val_split.labels))
+        assert row["max_prob_diff"] == pytest.approx(np.abs(probs - reference).max(), abs=1e-6)
+        assert row["size_bytes"] == (out / row["file"]).stat().st_size
+        assert row["latency_ms"] > 0
+        assert row["passed"] == (row["agreement"] >= row["min_agreement"])
+    rows = {row["format"]: row for row in report["artifacts"]}
+    # Float formats are the Keras model to rounding; int8 is close.
+    assert rows["float32"]["agreement"] == 1.0 and rows["float32"]["max_prob_diff"] < 1e-4
+    assert rows["saved_model"]["agreement"] == 1.0 and rows["saved_model"]["max_prob_diff"] < 1e-4
+    assert rows["float16"]["max_prob_diff"] < 0.01
+    assert rows["int8"]["max_prob_diff"] < 0.1
+    assert rows["int8"]["size_bytes"] < rows["float32"]["size_bytes"] * 0.5
+    assert report["reference"]["accuracy"] == pytest.approx(np.mean(reference.argmax(-1) == val_split.labels))
+    assert report["n_check_images"] == len(val_split)
+
+
+def test_int8_model_tensors_really_are_int8(exported):
+    from tlcli.export import tensor_dtypes
+
+    out, _ = exported
+    inside = tensor_dtypes(out / "model_int8.tflite", include_io=False)
+    assert inside["int8"] > 10
+    assert not [d for d in inside if d.startswith("float")], inside  # nothing left in float
+    assert set(inside) <= {"int8", "int32"}  # int32: biases
+    everything = tensor_dtypes(out / "model_int8.tflite")
+    assert everything["float32"] == 2  # the float input and output, quantized inside
+    # The float models are float.
+    assert "int8" not in tensor_dtypes(out / "model.tflite")
+    assert tensor_dtypes(out / "model_fp16.tflite")["float16"] > 0
+    assert tensor_dtypes(out / "model_dynamic.tflite")["int8"] > 0
+
+
+def test_int8_io_has_uint8_tensors_mapping_pixels_as_they_are(exported_int8_io, exported, val_split):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tlcli.export import run_tflite, tensor_dtypes
+
+    out, report = exported_int8_io
+    interpreter = Interpreter(model_path=str(out / "model_int8.tflite"))
+    (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
+    assert inp["quantization"] == (1.0, 0)  # byte 0..255 is pixel 0..255: feed camera bytes as is
+    assert list(inp["shape"]) == [1, 32, 32, 3]
+    assert not [d for d in tensor_dtypes(out / "model_int8.tflite") if d.startswith("float")]
+    entry = json.loads((out / "model.json").read_text())["files"]["model_int8.tflite"]
+    assert entry["input_dtype"] == "uint8" and entry["input_quantization"] == {"scale": 1.0, "zero_point": 0}
+    # Same quantized network as the float-I/O int8 model, so the same answers.
+    float_io = run_tflite(exported[0] / "model_int8.tflite", val_split.images)
+    uint8_io = run_tflite(out / "model_int8.tflite", val_split.images)
+    assert np.abs(float_io - uint8_io).max() < 0.02
+    assert [a["format"] for a in report["artifacts"]] == ["float32", "int8"]
+
+
+def test_no_augmentation_in_the_exports_and_preprocessing_inside(exported, keras_model, val_split):
+    from tlcli.export import assert_no_augmentation, run_tflite
+
+    assert_no_augmentation(keras_model)
+    layer_types = {type(l).__name__ for l in keras_model.layers}
+    assert "Preprocess" in layer_types and not [t for t in layer_types if t.startswith("Random")]
+    out, _ = exported
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(out / "model.tflite"))
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not [op for op in ops if "RANDOM" in op or "MULTINOMIAL" in op], ops
+    assert "RESIZE_BILINEAR" not in ops  # the same-size resize is left out
+    # Raw 0..255 pixels in, Keras's probabilities out: preprocessing is in the file; and twice
+    # the same input gives twice the same output (no random stage).
+    probs = run_tflite(out / "model.tflite", val_split.images)
+    np.testing.assert_allclose(probs, keras_model.predict(val_split.images.astype(np.float32), verbose=0), atol=1e-4)
+    np.testing.assert_array_equal(probs, run_tflite(out / "model.tflite", val_split.images))
+
+
+def test_assert_no_augmentation_rejects_random_layers():
+    import keras
+
+    from tlcli.export import assert_no_augmentation
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.RandomFlip(name="flip")(inputs))
+    with pytest.raises(TlcliError, match="flip"):
+        assert_no_augmentation(model)
+
+
+def test_saved_model_serves_raw_images_of_any_size(exported, keras_model):
+    import tensorflow as tf
+
+    out, _ = exported
+    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    images = np.random.default_rng(0).integers(0, 256, (2, 45, 37, 3)).astype(np.float32)
+    probs = serve(image=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(probs, keras_model.predict(images, verbose=0), atol=1e-5)
+
+
+# ---------------------------------------------------------------- the check catches a broken file
+
+
+def _broken_copy(model):
+    """The classifier with its classes rotated: a plausible-looking model that is always wrong."""
+    from tlcli.model import load_classifier
+
+    broken = load_classifier(model) if isinstance(model, (str, Path)) else model
+    dense = broken.get_layer("predictions")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    return broken
+
+
+def test_a_broken_artifact_fails_the_check(trained_run, keras_model, val_split, tmp_path):
+    from tlcli.export import check_artifact, convert_tflite, fixed_shape_model
+
+    broken = _broken_copy(trained_run / "model.keras")
+    path = tmp_path / "broken.tflite"
+    path.write_bytes(convert_tflite(fixed_shape_model(broken, 32), "float32")[0])
+    reference = keras_model.predict(val_split.images.astype(np.float32), verbose=0)
+    check = check_artifact(path, "float32", reference, val_split.images, val_split.labels, 0.98)
+    assert check.agreement == 0.0  # rotated classes never agree with the real model
+    assert check.passed is False
+    good = tmp_path / "good.tflite"
+    good.write_bytes(convert_tflite(fixed_shape_model(keras_model, 32), "float32")[0])
+    assert check_artifact(good, "float32", reference, val_split.images, val_split.labels, 0.98).passed
+
+
+def test_cli_exits_1_on_a_failed_check_and_keeps_the_file(trained_run, tmp_path, monkeypatch, cli):
+    import tlcli.export
+
+    real = tlcli.export.fixed_shape_model
+    monkeypatch.setattr(tlcli.export, "fixed_shape_model", lambda model, size: real(_broken_copy(
+        trained_run / "model.keras"), size))
+    result = cli(["export", "--model", trained_run, "--output", tmp_path / "out", "--quantize", "float16"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.stdout
+    assert "below --min-agreement" in result.stderr and "model.tflite" in result.stderr
+    assert (tmp_path / "out" / "model.tflite").exists() and (tmp_path / "out" / "model_fp16.tflite").exists()
+
+
+def test_min_agreement_flag_overrides_the_defaults(trained_run, tmp_path, cli):
+    result = cli(["export", "--model", trained_run, "--output", tmp_path, "--json", "--min-agreement", "0.5"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["artifacts"]
+    assert row["min_agreement"] == 0.5 and row["agreement"] == 1.0
+    bad = cli(["export", "--model", trained_run, "--output", tmp_path, "--min-agreement", "1.5"])
+    assert bad.exit_code == 2
+
+
+# ---------------------------------------------------------------- data and defaults
+
+
+def test_default_model_and_output_are_the_latest_run(trained_run, tmp_path, cli):
+    project = tmp_path / "runs"
+    shutil.copytree(trained_run.parent, project)
+    result = cli(["export", "--project", project, "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = project / (project / "latest").read_text().strip()
+    assert (run / "export" / "model.tflite").is_file() and (run / "export" / "model.json").is_file()
+    assert not (run / "export" / "model_int8.tflite").exists()
+    # A second export into the same folder keeps model.json's entry for the first file.
+    again = cli(["export", "--project", project, "--saved-model", "--quiet"])
+    assert again.exit_code == 0, again.output
+    info = json.loads((run / "export" / "model.json").read_text())
+    assert set(info["files"]) == {"model.tflite", "saved_model"}
+
+
+def test_check_and_calibration_data_flags(trained_run, tmp_path, cli):
+    check = make_folder(tmp_path / "check", per_class=5, seed=3)
+    calibration = make_folder(tmp_path / "calib" / "train", per_class=4, seed=4).parent
+    result = cli(["export", "--model", trained_run, "--output", tmp_path / "out", "--quantize", "int8", "--json",
+                  "--check-data", check, "--calibration-data", calibration, "--calibration-samples", "5",
+                  "--min-agreement", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n_check_images"] == 15 and report["check_data"] == str(check)
+    assert report["n_calibration_images"] == 5
+
+
+def test_check_data_in_train_val_layout_uses_val(trained_run, tmp_path, cli):
+    root = tmp_path / "split"
+    make_folder(root / "train", per_class=3, seed=5)
+    make_folder(root / "val", per_class=2, seed=6)
+    result = cli(["export", "--model", trained_run, "--output", tmp_path / "out", "--json", "--check-data", root])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_check_images"] == 6
+
+
+def test_predict_and_evaluate_work_on_the_int8_export(exported, image_folder, tmp_path, cli):
+    out, _ = exported
+    result = cli(["predict", image_folder / "dark", "--model", out / "model_int8.tflite", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 8 and all(r["label"] in ("bright", "dark", "striped") for r in rows)
+    result = cli(["evaluate", image_folder, "--model", out / "model_int8.tflite", "--json",
+                  "--output", tmp_path / "eval"])
+    assert result.exit_code == 0, result.output
+    assert 0.0 <= json.loads(result.stdout)["accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------- bad input: one line, exit code 2
+
+
+def _one_line_error(result, *words, alone=True):
+    """Exit code 2 and a one-line "Error: …" (the only output, unless progress bars came first)."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error:") and sum(l.startswith("Error:") for l in lines) == 1, result.output
+    assert len(lines) == 1 or not alone, result.output
+    for word in words:
+        assert word in lines[-1], lines[-1]
+
+
+def test_no_run_in_project(tmp_path, cli):
+    _one_line_error(cli(["export", "--project", tmp_path / "empty"]), "no finished run")
+
+
+def test_run_without_a_model(trained_run, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "model.keras").unlink()
+    _one_line_error(cli(["export", "--model", run, "--output", tmp_path / "out"]), "no model.keras")
+
+
+def test_calibration_data_without_images(trained_run, tmp_path, cli):
+    empty = tmp_path / "calib"
+    (empty / "cls").mkdir(parents=True)
+    (empty / "cls" / "notes.txt").write_text("not an image")
+    _one_line_error(cli(["export", "--model", trained_run, "--quantize", "int8", "--calibration-data", empty,
+                         "--output", tmp_path / "out"]), "--calibration-data", "no images")
+    assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+def test_unreadable_calibration_images(trained_run, tmp_path, cli):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not a jpeg")
+    _one_line_error(cli(["export", "--model", trained_run, "--quantize", "int8", "--calibration-data", folder,
+                         "--output", tmp_path / "out"]), "--calibration-data", "can be read", alone=False)
+
+
+def test_check_data_with_unknown_classes(trained_run, tmp_path, cli):
+    check = make_folder(tmp_path / "check", per_class=1, classes=("bright", "purple"))
+    _one_line_error(cli(["export", "--model", trained_run, "--check-data", check, "--output", tmp_path / "out"]),
+                    "purple")
+
+
+def test_a_tflite_model_cannot_be_exported(exported, tmp_path, cli):
+    out, _ = exported
+    _one_line_error(cli(["export", "--model", out / "model.tflite", "--output", tmp_path / "out"]), "Keras model")
+
+
+def test_run_whose_data_folder_is_gone(trained_run, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data_dir"] = str(tmp_path / "moved")
+    (run / "config.json").write_text(json.dumps(config))
+    _one_line_error(cli(["export", "--model", run, "--output", tmp_path / "out"]), "--check-data")
+
+
+def test_a_partly_quantized_int8_model_is_reported(tmp_path):
+    """The converter silently leaves ops without int8 kernels in float; export says so."""
+    import keras
+
+    from tlcli.export import convert_tflite, quantization_notes
+
+    class Sin(keras.layers.Layer):  # TFLite's SIN has no int8 kernel
+        def call(self, x):
+            return keras.ops.sin(x)
+
+    inputs = keras.Input((8, 8, 3), batch_size=1)
+    x = Sin()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    path = tmp_path / "partial.tflite"
+    path.write_bytes(convert_tflite(model, "int8", images)[0])
+    (note,) = quantization_notes(path)
+    assert "partly quantized" in note and "SIN" in note
