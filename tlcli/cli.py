@@ -234,6 +234,131 @@ def augment_preview(
 
 # ---- predict / evaluate commands (issue 3) go here ----
 
+ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder, .keras file, SavedModel folder or .tflite file (default: the newest run in --project).", show_default=False)]
+ProjectOption = Annotated[str, typer.Option(help="Folder holding the runs, for the default --model.")]
+TopK = Annotated[int, typer.Option(help="How many of the best classes to report.")]
+BatchSize = Annotated[int, typer.Option(help="Images per inference batch.")]
+
+
+def _load_model_ref(model: Optional[str], project: str):
+    """Resolve --model and import TensorFlow only for the model kinds that need it (.tflite does not)."""
+    from tlcli.rundir import resolve_model
+
+    ref = resolve_model(model, project)
+    if ref.kind != "tflite":
+        _import_tensorflow_quietly()
+    return ref
+
+
+@app.command()
+@friendly_errors
+def predict(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
+    model: ModelOption = None,
+    project: ProjectOption = _default(TrainConfig, "project"),
+    top_k: TopK = 3,
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="table, json or csv (default: from --output's extension, else table).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file instead of the terminal.", show_default=False)] = None,
+    batch_size: BatchSize = 32,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+):
+    """Predict the class of images with a trained model (.keras, SavedModel or .tflite).
+
+    Image size, preprocessing and labels come from the model and its run folder. A file that
+    cannot be read gets a row with its error and makes the exit code 1; the others are still
+    predicted. JSON rows: {"path", "label", "confidence", "top_k": [{"label", "confidence"}], "error"}.
+
+    Example: [bold]tlcli predict photos/ extra.jpg 'more/*.png' --format json -o predictions.json[/]
+    """
+    from tlcli.predict import FORMATS, format_for, predict_files, render, results_table
+
+    fmt = format_for(output, fmt.lower() if fmt else None)
+    if fmt not in FORMATS:
+        raise TlcliError(f"--format must be one of {', '.join(FORMATS)}; not '{fmt}'.")
+    if top_k < 1 or batch_size < 1:
+        raise TlcliError("--top-k and --batch-size must be at least 1.")
+    ref = _load_model_ref(model, project)
+    results = predict_files(ref, paths, top_k=top_k, batch_size=batch_size, console=err, quiet=quiet)
+    failed = sum(1 for r in results if r["error"])
+    if output is not None:
+        from tlcli.rundir import write_text
+
+        write_text(output, render(results, fmt))
+        if not quiet:
+            err.print(f"Wrote {len(results)} prediction(s) to {output}", highlight=False)
+    elif fmt == "table":
+        out.print(results_table(results))
+    else:
+        sys.stdout.write(render(results, fmt))
+    if failed:
+        if not quiet:
+            err.print(f"[yellow]{failed} of {len(results)} input(s) failed.[/]", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    data_dir: DataDir,
+    model: ModelOption = None,
+    project: ProjectOption = _default(TrainConfig, "project"),
+    split: Annotated[Optional[str], typer.Option(help="train, val, test or all (default: test/ if present, else val/; all for a folder of classes).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the results (default: <run>/eval/, or <run>/eval/<model name>/ for other models of the run).", show_default=False)] = None,
+    top_k: TopK = 3,
+    batch_size: BatchSize = 32,
+    max_errors: Annotated[int, typer.Option(help="Misclassified images shown in errors.png.")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+):
+    """Measure a model on labelled images: accuracy, top-k accuracy, loss, per-class scores.
+
+    DATA_DIR has one folder per class, or train/ val/ (test/) folders; its classes must be the
+    model's. Writes metrics.json, predictions.csv, confusion_matrix.png and errors.png (the
+    most confident mistakes). The loss is plain cross-entropy, without training's label smoothing.
+    Works the same for .keras, SavedModel and .tflite models, so they can be compared.
+
+    Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite[/]
+    """
+    ref = _load_model_ref(model, project)
+    from tlcli.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(data_dir, ref, split=split, output=output, top_k=top_k, batch_size=batch_size,
+                            max_errors=max_errors, console=err, quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps({"out_dir": str(result.out_dir), **result.metrics}))
+        return
+    if not quiet:
+        for table in _evaluation_tables(result.metrics):
+            out.print(table)
+        out.print(f"Wrote metrics.json, predictions.csv, confusion_matrix.png, errors.png to {result.out_dir}",
+                  highlight=False)
+
+
+def _evaluation_tables(m: dict) -> list[Table]:
+    from rich.markup import escape
+
+    summary = Table(title=f"Evaluation ({m['split']} split)", show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
+    summary.add_row("data", escape(m["data_dir"]))
+    summary.add_row("accuracy", f"{m['accuracy']:.3f}")
+    summary.add_row(f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.3f}")
+    summary.add_row("loss (cross-entropy)", f"{m['loss']:.3f}")
+    summary.add_row("images (skipped)", f"{m['n_images']} ({m['n_skipped']})")
+    classes = Table(title="Per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    rows = list(m["per_class"].items())
+    for i, (name, s) in enumerate(rows):
+        classes.add_row(escape(name), f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+                        str(s["support"]), end_section=i == len(rows) - 1)
+    for name, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        s = m[key]
+        classes.add_row(f"[italic]{name}[/]", f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+                        str(m["n_images"]))
+    return [summary, classes]
+
 
 # ---- export command (issue 4) goes here ----
 @app.command()

@@ -58,3 +58,56 @@ def plot_image_grid(grid, path: str | Path, row_titles: list[str] | None = None,
             if c == 0 and row_titles:
                 ax.set_ylabel(row_titles[r], fontsize=8)
     _save(fig, path)
+
+
+def plot_confusion_matrix(matrix, class_names: list[str], path: str | Path) -> None:
+    """Counts and row-normalised (recall) confusion matrices side by side; rows are true classes."""
+    import numpy as np
+
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    n = len(class_names)
+    totals = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
+    side = min(max(4.0, 0.42 * n + 2.0), 26.0)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), layout="constrained")
+    font = 9 if n <= 12 else 7 if n <= 25 else 5
+    for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised by true class", ".2f")):
+        shown = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9) if fmt == "d" else 1.0)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(title)
+        ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=font)
+        ax.set_yticks(range(n), class_names, fontsize=font)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if n <= 30:  # beyond that the numbers would overlap; the colours still read
+            threshold = values.max() / 2 if values.max() else 0.5
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
+                            color="white" if values[i, j] > threshold else "black")
+    _save(fig, path)
+
+
+def plot_error_gallery(images, captions: list[str], path: str | Path, title: str = "") -> None:
+    """uint8 images (n, h, w, 3) in a grid, each with its caption; a note when there are none."""
+    plt = _pyplot()
+    n = len(images)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No misclassified images.", ha="center", va="center", fontsize=12)
+        _save(fig, path)
+        return
+    cols = min(4, n)
+    rows = -(-n // cols)
+    # Constrained layout keeps three-line captions and the title clear of the images.
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.1 * rows), squeeze=False, layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k])
+            ax.set_title(captions[k], fontsize=8, color="darkred")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

@@ -1,0 +1,216 @@
+"""`tlcli evaluate`: hand-checked metrics, split and label handling, outputs, and model kinds agreeing."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CLASSES, FLOWERS, make_folder, requires_flowers
+from test_predict import convert_tflite, export_savedmodel, make_export_folder
+
+OUTPUTS = ("metrics.json", "predictions.csv", "confusion_matrix.png", "errors.png")
+
+
+# ---------------------------------------------------------------- metrics by hand
+
+
+def test_metrics_agree_with_a_hand_computation():
+    from tlcli.evaluate import compute_metrics
+
+    probs = np.array([
+        [0.70, 0.20, 0.10],  # a -> a
+        [0.30, 0.60, 0.10],  # a -> b, a second: in top 2
+        [0.10, 0.80, 0.10],  # b -> b
+        [0.50, 0.10, 0.40],  # b -> a, b third: not in top 2
+        [0.20, 0.20, 0.60],  # c -> c
+        [0.25, 0.50, 0.25],  # c -> b, c tied second with a: in top 2 (as tf.math.in_top_k)
+    ])
+    y = [0, 0, 1, 1, 2, 2]
+    m = compute_metrics(y, probs, ["a", "b", "c"], top_k=2)
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["top_k"] == 2 and m["top_k_accuracy"] == pytest.approx(5 / 6)
+    assert m["loss"] == pytest.approx(-np.mean(np.log([0.7, 0.3, 0.8, 0.1, 0.6, 0.25])))
+    assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
+    expected = {  # precision = tp / predicted, recall = tp / support
+        "a": (1 / 2, 1 / 2, 1 / 2, 2),
+        "b": (1 / 3, 1 / 2, 2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2), 2),
+        "c": (1 / 1, 1 / 2, 2 * 1 * (1 / 2) / (1 + 1 / 2), 2),
+    }
+    for name, (p, r, f1, support) in expected.items():
+        got = m["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((p, r, f1, support))
+    assert m["macro_avg"]["precision"] == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)
+    assert m["weighted_avg"]["f1"] == pytest.approx(m["macro_avg"]["f1"])  # equal supports
+    assert m["n_images"] == 6 and m["class_names"] == ["a", "b", "c"]
+
+
+def test_metrics_never_divide_by_zero():
+    from tlcli.evaluate import compute_metrics
+
+    # Class c is never predicted and never present; b is predicted but never present.
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
+    m = compute_metrics([0, 0], probs, ["a", "b", "c"], top_k=5)
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["a"]["precision"] == 1.0 and m["per_class"]["a"]["recall"] == 0.5
+    assert m["top_k"] == 3 and m["top_k_accuracy"] == 1.0
+    assert m["weighted_avg"]["recall"] == pytest.approx(0.5)  # only a has support
+    assert math.isfinite(compute_metrics([0], np.array([[0.0, 1.0, 0.0]]), ["a", "b", "c"])["loss"])
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture
+def run(trained_run, tmp_path) -> Path:
+    """A private copy of the shared run, so the default <run>/eval/ can be written."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_evaluate_writes_outputs_and_agrees_with_a_hand_computation(cli, run, tmp_path):
+    from tlcli.data import load_image
+    from tlcli.model import load_classifier
+
+    data = make_folder(tmp_path / "tiny", per_class=2, seed=7)
+    result = cli(["evaluate", data, "--model", run, "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "striped" in result.stdout
+    for name in OUTPUTS:
+        assert (run / "eval" / name).stat().st_size > 0, name
+    m = _metrics(run / "eval")
+
+    # By hand: the model on the images decoded as in training, then the textbook formulas.
+    labels = (run / "labels.txt").read_text().split()
+    paths = sorted(data.rglob("*.*"))
+    y = np.array([labels.index(p.parent.name) for p in paths])
+    size = json.loads((run / "config.json").read_text())["image_size"]
+    batch = np.stack([load_image(p, size) for p in paths]).astype("float32")
+    probs = np.asarray(load_classifier(run / "model.keras")(batch, training=False))
+    assert m["n_images"] == 6 and m["split"] == "all" and m["n_skipped"] == 0
+    assert m["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
+    assert m["loss"] == pytest.approx(np.mean(-np.log(probs[np.arange(6), y])), rel=1e-4)
+    top2 = [y[i] in np.argsort(-probs[i])[:2] for i in range(6)]
+    assert m["top_k_accuracy"] == pytest.approx(np.mean(top2))
+    support = {name: s["support"] for name, s in m["per_class"].items()}
+    assert support == {name: 2 for name in CLASSES}
+    matrix = np.array(m["confusion_matrix"])
+    assert matrix.sum() == 6 and np.trace(matrix) == int(np.sum(probs.argmax(1) == y))
+    wrong = int(np.sum(probs.argmax(1) != y))
+    assert len(m["worst_errors"]) == wrong
+
+
+def test_val_split_of_a_class_folder_reproduces_training_val_accuracy(cli, run, image_folder, tmp_path):
+    """--split val re-makes the run's own validation split: the accuracy is the one training reported."""
+    result = cli(["evaluate", image_folder, "--model", run, "--split", "val", "--output", tmp_path / "ev", "-q"])
+    assert result.exit_code == 0, result.output
+    m = _metrics(tmp_path / "ev")
+    trained = json.loads((run / "metrics.json").read_text())
+    assert m["split"] == "val" and m["n_images"] == trained["n_val"]
+    assert m["accuracy"] == pytest.approx(trained["val_accuracy"], abs=1e-6)
+
+
+def test_split_layout_defaults_to_test_then_val(cli, run, tmp_path):
+    data = tmp_path / "splits"
+    for split, seed in (("train", 1), ("val", 2), ("test", 3)):
+        make_folder(data / split, per_class=2, seed=seed)
+    out = tmp_path / "ev"
+    assert cli(["evaluate", data, "--model", run, "-o", out, "-q"]).exit_code == 0
+    assert _metrics(out)["split"] == "test"
+    assert cli(["evaluate", data, "--model", run, "-o", out, "-q", "--split", "val"]).exit_code == 0
+    m = _metrics(out)
+    assert m["split"] == "val" and m["n_images"] == 6 and all("/val/" in p for p in _paths(out))
+    shutil.rmtree(data / "test")
+    assert cli(["evaluate", data, "--model", run, "-o", out, "-q"]).exit_code == 0
+    assert _metrics(out)["split"] == "val"
+    result = cli(["evaluate", data, "--model", run, "-o", out, "--split", "test"])
+    assert result.exit_code == 2 and "no test/ folder" in result.stderr
+
+
+def _paths(out: Path) -> list[str]:
+    return [line.split(",")[0] for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+
+
+@pytest.mark.parametrize("classes, message", [
+    (("bright", "dark", "striped", "cats"), "classes the model does not know: cats"),
+    (("bright", "dark"), "model classes with no images there: striped"),
+])
+def test_classes_that_do_not_match_the_model_are_an_error(cli, run, tmp_path, classes, message):
+    data = make_folder(tmp_path / "data", per_class=1, classes=classes)
+    result = cli(["evaluate", data, "--model", run, "-o", tmp_path / "ev"])
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "ev").exists()
+
+
+def test_unreadable_images_are_skipped_and_listed(cli, run, tmp_path):
+    data = make_folder(tmp_path / "data", per_class=2)
+    (data / "dark" / "broken.png").write_bytes(b"not a png")
+    result = cli(["evaluate", data, "--model", run, "-o", tmp_path / "ev", "-q"])
+    assert result.exit_code == 0, result.output
+    m = _metrics(tmp_path / "ev")
+    assert m["n_images"] == 6 and m["n_skipped"] == 1
+    assert m["skipped"][0]["path"].endswith("broken.png") and "Pillow" in m["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "nope"], "--split must be one of"),
+    (["--split", "all", "--top-k", "0"], "--top-k must be at least 1"),
+])
+def test_bad_flags_are_exit_2(cli, run, image_folder, args, message):
+    result = cli(["evaluate", image_folder, "--model", run, *args])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_missing_data_dir_and_model_are_exit_2(cli, run, tmp_path, image_folder):
+    assert cli(["evaluate", tmp_path / "nothing", "--model", run]).exit_code == 2
+    result = cli(["evaluate", image_folder, "--model", tmp_path / "nothing"])
+    assert result.exit_code == 2 and result.stderr.startswith("Error:")
+
+
+def test_tflite_and_savedmodel_evaluate_like_keras(cli, run, tmp_path):
+    """The same images through each kind: same accuracy and (nearly) the same loss; each model's
+    results go to its own folder under <run>/eval/ by default."""
+    data = make_folder(tmp_path / "data", per_class=3, seed=3)
+    tflite = make_export_folder(run, run / "export", convert_tflite(run))
+    export_savedmodel(run, run / "export" / "saved_model")
+    results = {}
+    for model, out in ((run, run / "eval"), (tflite, run / "eval" / "model"),
+                       (run / "export" / "saved_model", run / "eval" / "saved_model")):
+        result = cli(["evaluate", data, "--model", model, "--json"])
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout)
+        assert Path(printed["out_dir"]) == out and _metrics(out)["accuracy"] == printed["accuracy"]
+        results[printed["kind"]] = printed
+    assert set(results) == {"keras", "tflite", "savedmodel"}
+    for kind in ("tflite", "savedmodel"):
+        assert results[kind]["accuracy"] == results["keras"]["accuracy"]
+        assert results[kind]["confusion_matrix"] == results["keras"]["confusion_matrix"]
+        assert results[kind]["loss"] == pytest.approx(results["keras"]["loss"], abs=1e-4)
+
+
+@requires_flowers
+@pytest.mark.slow
+def test_flowers_val_accuracy_matches_the_run(cli, tmp_path):
+    """Acceptance: evaluate on flowers-dev/val gives the val accuracy its training run reported.
+
+    Uses a flowers run left in /tmp/flowruns by `tlcli train ../shared/data/flowers-dev
+    --project /tmp/flowruns`; training one here would take minutes.
+    """
+    run = Path("/tmp/flowruns/train")
+    if not (run / "metrics.json").is_file():
+        pytest.skip("no flowers run in /tmp/flowruns")
+    result = cli(["evaluate", FLOWERS, "--model", run, "-o", tmp_path / "ev", "-q"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((run / "metrics.json").read_text())
+    m = _metrics(tmp_path / "ev")
+    assert m["split"] == "val" and m["n_images"] == trained["n_val"]
+    assert m["accuracy"] == pytest.approx(trained["val_accuracy"], abs=1e-6)

@@ -1,0 +1,291 @@
+"""`tlcli evaluate`: a model's accuracy, loss and per-class scores on a labelled folder.
+
+Any model kind goes through the same `Predictor` as `tlcli predict` (so a .keras model and its
+.tflite exports can be compared on equal terms), and the metrics are plain numpy. The images of
+DATA_DIR are matched to the model by class *name*, never by folder order, and any disagreement
+between the two is an error rather than a silent shift of indices.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from tlcli.data import SPLIT_NAMES, ImageError, detect_layout, discover, load_folder, load_image
+from tlcli.errors import TlcliError
+from tlcli.predict import classify, classify_arrays, open_predictor
+from tlcli.progress import Step, make_progress
+from tlcli.rundir import ModelRef, write_csv, write_json
+
+SPLITS = (*SPLIT_NAMES, "all")
+_EPSILON = 1e-7  # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; so do we
+
+
+# ---------------------------------------------------------------- metrics (numpy only)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns."""
+    matrix = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return matrix
+
+
+def compute_metrics(y_true, probs, class_names: list[str], top_k: int = 3) -> dict:
+    """Accuracy, top-k accuracy, cross-entropy loss, per-class precision/recall/F1/support,
+    their macro and support-weighted averages, and the confusion matrix.
+
+    A class that is never predicted has precision 0 (and never-present classes recall 0), as in
+    scikit-learn with zero_division=0. The loss is plain cross-entropy (no label smoothing).
+    """
+    y_true = np.asarray(y_true, int)
+    probs = np.asarray(probs, np.float64)
+    n, k_classes = probs.shape
+    if n == 0:
+        raise TlcliError("no images to evaluate.")
+    k = max(1, min(top_k, k_classes))
+    y_pred = probs.argmax(axis=1)
+    true_p = probs[np.arange(n), y_true]
+    # As tf.math.in_top_k: the true class is in the top k unless k classes score strictly higher.
+    in_top_k = (probs > true_p[:, None]).sum(axis=1) < k
+    normalised = probs / np.maximum(probs.sum(axis=1, keepdims=True), _EPSILON)
+    loss = -np.log(np.clip(normalised[np.arange(n), y_true], _EPSILON, 1 - _EPSILON))
+
+    matrix = confusion_matrix(y_true, y_pred, k_classes)
+    tp = np.diag(matrix).astype(np.float64)
+    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros(k_classes), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k_classes), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(k_classes), where=denominator > 0)
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    weights = support / support.sum()
+    return {
+        "n_images": int(n),
+        "accuracy": float((y_pred == y_true).mean()),
+        "top_k": int(k),
+        "top_k_accuracy": float(in_top_k.mean()),
+        "loss": float(loss.mean()),
+        "per_class": per_class,
+        "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+        "weighted_avg": {"precision": float(precision @ weights), "recall": float(recall @ weights),
+                         "f1": float(f1 @ weights)},
+        "class_names": list(class_names),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+# ---------------------------------------------------------------- the data to evaluate on
+
+
+@dataclass
+class EvalSet:
+    """The images of one split with labels as indices into the *model's* labels."""
+
+    split: str
+    paths: list[str]
+    labels: np.ndarray
+    images: np.ndarray | None = None  # already decoded (a re-made split), else decoded while predicting
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: int, split: str | None = None,
+                  console: Console | None = None, quiet: bool = True) -> EvalSet:
+    """Find the images of `split` in DATA_DIR (either training layout) and label them by class name.
+
+    Default split: test/ if present, else val/. A class-folder DATA_DIR is evaluated whole
+    (split "all"); `--split val` or `train` there (or `val` when there is no val/ folder) re-makes
+    the run's own split from its config.json (same val_split and seed as training).
+    """
+    data_dir = Path(data_dir)
+    if split is not None and split not in SPLITS:
+        raise TlcliError(f"--split must be one of {', '.join(SPLITS)}; not '{split}'.")
+    layout = detect_layout(data_dir)
+    folders = sorted(layout) if "all" not in layout else []
+    if split is None:
+        split = "all" if "all" in layout else "test" if "test" in layout else "val"
+    if split == "all" and "all" not in layout:
+        raise TlcliError(f"{data_dir} has {'/, '.join(folders)}/ folders: choose one with --split {'|'.join(folders)}.")
+    if split == "test" and "test" not in layout:
+        raise TlcliError(f"{data_dir} has no test/ folder; use --split val (or all, for a folder of classes).")
+    folder = layout.get(split) or (layout["all"] if split == "all" else None)
+    if folder is None:
+        return _remade_split(data_dir, layout, ref, labels, size, split, console, quiet)
+
+    classes, notes = discover(folder)
+    where = data_dir.name if split == "all" else f"{data_dir.name}/{folder.name}"
+    index = _match_labels(list(classes), labels, where)
+    paths = [str(p) for name in sorted(classes) for p in classes[name]]
+    y = np.asarray([index[name] for name in sorted(classes) for _ in classes[name]], np.int32)
+    if split == "all":
+        notes.append(f"evaluating every image in {data_dir} (it has no val/ or test/ folder); "
+                     "--split val re-makes the run's validation split.")
+    return EvalSet(split, paths, y, notes=notes)
+
+
+def _remade_split(data_dir: Path, layout: dict, ref: ModelRef, labels: list[str], size: int, split: str,
+                  console: Console | None, quiet: bool) -> EvalSet:
+    """The run's own train/val split of DATA_DIR, re-made exactly as `tlcli train` made it."""
+    run = owning_run(ref)
+    if run is None:
+        raise TlcliError(f"{data_dir} has no {split}/ folder and '{ref.path}' belongs to no run folder "
+                         "whose config.json could re-make the split; use --split all or a folder with val/.")
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    main = layout.get("all") or layout["train"]
+    _match_labels(list(discover(main)[0]), labels, str(main))  # fail before decoding anything
+    notes = []
+    trained_on = config.get("data_dir")
+    if trained_on and Path(trained_on).resolve() != data_dir.resolve():
+        notes.append(f"the run was trained on {trained_on}; its {split} split is re-made on {data_dir} instead.")
+    with make_progress(console or Console(stderr=True), quiet) as progress:
+        loading = Step(progress, "Loading images")
+        data = load_folder(data_dir, size, float(config.get("val_split", 0.2)), int(config.get("seed", 0)), loading)
+        loading.done()
+    part = data.train if split == "train" else data.val
+    index = _match_labels(data.class_names, labels, str(data_dir))
+    y = np.asarray([index[data.class_names[label]] for label in part.labels], np.int32)
+    notes.append(f"{split} split re-made from {data_dir} with the run's val_split and seed.")
+    if data.skipped:  # unreadable before any split was made: in neither split, as in training
+        notes.append(f"{len(data.skipped)} unreadable file(s) in {data_dir} left out, as in training.")
+    return EvalSet(split, part.paths, y, part.images, notes=notes + data.warnings)
+
+
+def _match_labels(found: list[str], labels: list[str], where: str) -> dict[str, int]:
+    """{class name: model label index}; an error when DATA_DIR and the model disagree on the classes."""
+    unknown = sorted(set(found) - set(labels))
+    missing = [name for name in labels if name not in set(found)]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"classes the model does not know: {', '.join(unknown)}")
+        if missing:
+            parts.append(f"model classes with no images there: {', '.join(missing)}")
+        raise TlcliError(f"{where} does not match the model's labels ({'; '.join(parts)}). "
+                         f"The model knows: {', '.join(labels)}.")
+    return {name: labels.index(name) for name in found}
+
+
+def owning_run(ref: ModelRef) -> Path | None:
+    """The run folder a model belongs to: its own, or the one above an export folder."""
+    if ref.run_dir is not None:
+        return ref.run_dir
+    folder = ref.path.parent
+    for candidate in (folder, folder.parent):
+        if (candidate / "config.json").is_file() and (candidate / "labels.txt").is_file():
+            return candidate
+    return None
+
+
+def default_output(ref: ModelRef) -> Path:
+    """<run>/eval/ for a run's own model.keras; <run>/eval/<model name>/ for any other model of
+    the run (exports, SavedModels), so evaluating one never overwrites another's results."""
+    run = owning_run(ref)
+    base = run if run is not None else ref.path.parent
+    if run is not None and ref.kind == "keras" and ref.path.resolve() == (run / "model.keras").resolve():
+        return run / "eval"
+    name = ref.path.stem if ref.path.is_file() else ref.path.name
+    return base / "eval" / name
+
+
+# ---------------------------------------------------------------- the command
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    out_dir: Path
+
+
+def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, output: str | Path | None = None,
+             top_k: int = 3, batch_size: int = 32, max_errors: int = 16, console: Console | None = None,
+             quiet: bool = False) -> EvalResult:
+    """Evaluate the model `ref` on a split of DATA_DIR; write metrics.json, predictions.csv,
+    confusion_matrix.png and errors.png into `output` (default: see `default_output`)."""
+    console = console or Console(stderr=True)
+    if top_k < 1:
+        raise TlcliError("--top-k must be at least 1.")
+    if max_errors < 0:
+        raise TlcliError("--max-errors must be 0 or more.")
+    if not Path(data_dir).is_dir():
+        raise TlcliError(f"'{data_dir}' is not a folder of images.")
+    start = time.perf_counter()
+    predictor = open_predictor(ref)
+    data = load_eval_set(data_dir, ref, predictor.labels, predictor.image_size, split, console, quiet)
+    with make_progress(console, quiet) as progress:
+        step = Step(progress, "Predicting")
+        step.start(len(data.paths))
+        if data.images is not None:
+            probs, failed = classify_arrays(predictor, data.images, batch_size, step.advance), {}
+        else:
+            probs, failed = classify(predictor, data.paths, batch_size, step.advance)
+        step.done()
+    for note in data.notes:
+        if not quiet:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+    skipped = list(data.skipped) + [(data.paths[i], reason) for i, reason in sorted(failed.items())]
+    keep = np.asarray([i for i in range(len(data.paths)) if i not in failed], int)
+    if skipped and not quiet:
+        console.print(f"[yellow]skipped {len(skipped)} unreadable file(s)[/]; listed in metrics.json")
+    if len(keep) == 0:
+        raise TlcliError(f"no readable images in the {data.split} split of {data_dir}.")
+    paths = [data.paths[i] for i in keep]
+    y_true, probs = data.labels[keep], probs[keep]
+    metrics = compute_metrics(y_true, probs, predictor.labels, top_k)
+
+    out_dir = Path(output) if output else default_output(ref)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TlcliError(f"cannot create '{out_dir}': {error.strerror or error}.") from None
+    y_pred = probs.argmax(axis=1)
+    confidence = probs[np.arange(len(paths)), y_pred]
+    wrong = [int(i) for i in np.argsort(-confidence, kind="stable") if y_pred[i] != y_true[i]][:max_errors]
+    labels = predictor.labels
+    report = {
+        "model": str(ref.path), "kind": ref.kind, "data_dir": str(data_dir), "split": data.split,
+        **metrics,
+        "n_skipped": len(skipped),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "worst_errors": [{"path": paths[i], "true": labels[y_true[i]], "predicted": labels[y_pred[i]],
+                          "confidence": float(confidence[i])} for i in wrong],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(out_dir / "metrics.json", report)
+    write_csv(out_dir / "predictions.csv", ["path", "true", "predicted", "confidence", "correct"],
+              [[paths[i], labels[y_true[i]], labels[y_pred[i]], round(float(confidence[i]), 6),
+                int(y_pred[i] == y_true[i])] for i in range(len(paths))])
+    from tlcli.plots import plot_confusion_matrix
+
+    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), labels, out_dir / "confusion_matrix.png")
+
+    def pixels(i: int) -> np.ndarray:  # exactly what the model saw
+        return data.images[keep[i]] if data.images is not None else load_image(paths[i], predictor.image_size)
+
+    captions = {i: f"{Path(paths[i]).name[:28]}\ntrue: {labels[y_true[i]]}\npred: {labels[y_pred[i]]} ({confidence[i]:.0%})"
+                for i in wrong}
+    _error_gallery(out_dir / "errors.png", wrong, pixels, captions, n_wrong=int((y_pred != y_true).sum()))
+    return EvalResult(report, out_dir)
+
+
+def _error_gallery(path: Path, wrong: list[int], pixels, captions: dict, n_wrong: int) -> None:
+    from tlcli.plots import plot_error_gallery
+
+    images, shown = [], []
+    for i in wrong:
+        try:
+            images.append(pixels(i))
+            shown.append(captions[i])
+        except ImageError:  # changed on disk since it was predicted: leave it out of the picture
+            continue
+    title = f"Most confident mistakes ({len(images)} of {n_wrong} misclassified)"
+    plot_error_gallery(np.asarray(images), shown, path, title)
