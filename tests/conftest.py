@@ -77,6 +77,13 @@ def cli():
     return invoke
 
 
+def use_keras_home(monkeypatch, path) -> None:
+    """Point Keras's weight cache at `path`: Keras reads KERAS_HOME only when first imported."""
+    import keras.src.backend.config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(path))
+
+
 requires_flowers = pytest.mark.skipif(
     not (FLOWERS.is_dir() and KERAS_HOME.is_dir()), reason="../shared (flowers-dev, keras_home) is not here"
 )

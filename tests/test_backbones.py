@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import KERAS_HOME, requires_flowers
+from conftest import KERAS_HOME, requires_flowers, use_keras_home
 from tlcli.backbones import BACKBONES, build_backbone, get_spec
 from tlcli.errors import TlcliError
 
@@ -67,7 +67,7 @@ def test_weights_path_that_does_not_fit_is_an_error(tmp_path):
 
 
 def test_missing_imagenet_weights_name_the_file_and_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # empty cache, and no network here
+    use_keras_home(monkeypatch, tmp_path)  # an empty cache, and no network here
     import keras.src.utils.file_utils as file_utils
 
     def offline(*args, **kwargs):
@@ -84,7 +84,7 @@ def test_missing_imagenet_weights_name_the_file_and_cache(tmp_path, monkeypatch)
 @requires_flowers
 def test_imagenet_weights_load_offline_at_any_size(monkeypatch):
     """The 224 px MobileNetV2 file serves every input size (weights do not depend on it)."""
-    monkeypatch.setenv("KERAS_HOME", str(KERAS_HOME))
+    use_keras_home(monkeypatch, KERAS_HOME)
     a = build_backbone("mobilenet_v2", "imagenet", 96)
     b = build_backbone("mobilenet_v2", "imagenet", 224)
     assert all((x == y).all() for x, y in zip(a.get_weights(), b.get_weights()))

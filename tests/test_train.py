@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import FLOWERS, KERAS_HOME, make_folder, requires_flowers
+from conftest import FLOWERS, KERAS_HOME, make_folder, requires_flowers, use_keras_home
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "2", "--cache-views", "2",
         "--fine-tune-epochs", "1", "--batch-size", "8"]
@@ -97,7 +97,7 @@ def test_train_missing_folder_exits_2(cli, tmp_path):
 @requires_flowers
 def test_flowers_mobilenet_v2_defaults_reach_080(cli, tmp_path, monkeypatch):
     """Acceptance: default settings on real photos with real ImageNet weights."""
-    monkeypatch.setenv("KERAS_HOME", str(KERAS_HOME))
+    use_keras_home(monkeypatch, KERAS_HOME)
     result = cli(["train", FLOWERS, "--backbone", "mobilenet_v2", "--project", tmp_path, "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)

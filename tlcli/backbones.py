@@ -89,7 +89,16 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def keras_cache_dir() -> str:
-    """Where Keras looks for (and downloads) weight files."""
+    """Where Keras looks for (and downloads) weight files: $KERAS_HOME/models, default ~/.keras/models.
+
+    Keras reads KERAS_HOME once, when it is first imported; ask it rather than the environment.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        from keras.src.backend import config
+
+        return os.path.join(config.keras_home(), "models")
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(home, "models")
 
