@@ -102,16 +102,17 @@ Shear = Annotated[float, typer.Option(help="Random shear, degrees either way.", 
 Zoom = Annotated[float, typer.Option(help="Random zoom in or out, fraction.", rich_help_panel="Augmentation")]
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip.", rich_help_panel="Augmentation")]
 Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Turn the whole augmentation stage on or off.", rich_help_panel="Augmentation")]
-DataDir = Annotated[Path, typer.Argument(help="One folder per class, or train/ val/ [test/] folders of class folders.", show_default=False)]
+DataDir = Annotated[Path, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)]
 
 
 @app.command()
 @friendly_errors
 def train(
-    data_dir: DataDir,
+    data_dir: Annotated[Optional[Path], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
     weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
-    image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels [default: the backbone's].", show_default=False)] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels (default: the backbone's).", show_default=False)] = None,
     epochs: Annotated[int, typer.Option(help="Phase 1 epochs: head only, backbone frozen.", rich_help_panel="Schedule")] = _default(TrainConfig, "epochs"),
     cache_views: Annotated[int, typer.Option(help="Views cached per image: 1 clean + N-1 augmented.", rich_help_panel="Speed")] = _default(TrainConfig, "cache_views"),
     fine_tune_epochs: Annotated[int, typer.Option(help="Phase 2 epochs with the top of the backbone unfrozen; 0 skips it.", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_epochs"),
@@ -140,11 +141,19 @@ def train(
 ):
     """Fine-tune a pretrained backbone on DATA_DIR: head first, then the top of the backbone.
 
-    Leaves a run folder (model.keras, labels.txt, config.json, history.csv, metrics.json,
-    curves.png) that `predict`, `evaluate` and `export` use by default.
+    Leaves a run folder (model.keras, labels.txt, config.json, history.csv, metrics.json, curves.png) that `predict`, `evaluate` and `export` use by default.
+
+    Ctrl-C stops after the current step and keeps everything; continue with --resume RUN.
 
     Example: [bold]tlcli train ./flowers --backbone xception --epochs 10[/]
     """
+    if (data_dir is None) == (resume is None):
+        raise TlcliError("give DATA_DIR to start a run, or --resume RUN to continue one (not both).")
+    if resume is not None:
+        _import_tensorflow_quietly()
+        from tlcli.train import train as run_training
+
+        return _report(run_training(resume=resume, console=err, quiet=quiet or as_json), as_json, quiet)
     config = TrainConfig(
         data_dir=str(data_dir), backbone=backbone, weights=weights, image_size=image_size or "auto",
         epochs=epochs, cache_views=cache_views, fine_tune_epochs=fine_tune_epochs, lr=lr,
@@ -156,7 +165,10 @@ def train(
     _import_tensorflow_quietly()
     from tlcli.train import train as run_training
 
-    result = run_training(config, console=err, quiet=quiet or as_json)
+    _report(run_training(config, console=err, quiet=quiet or as_json), as_json, quiet)
+
+
+def _report(result, as_json: bool, quiet: bool) -> None:
     if as_json:
         print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}))
     elif not quiet:

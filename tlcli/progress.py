@@ -21,16 +21,21 @@ def make_progress(console: Console, quiet: bool = False) -> Progress:
 
 
 class Step:
-    """One progress bar for a step of known size: `start(total)`, `advance(n)`, `done()`."""
+    """One progress bar for a step of known size: `start(total)`, `advance(n)`, `done()`.
 
-    def __init__(self, progress: Progress, description: str):
-        self.progress, self.description, self.task = progress, description, None
+    `check`, if given, is called on every advance: a safe point where an interruption may stop work.
+    """
+
+    def __init__(self, progress: Progress, description: str, check=None):
+        self.progress, self.description, self.task, self.check = progress, description, None, check
 
     def start(self, total: int) -> None:
         self.task = self.progress.add_task(self.description, total=total, info="")
 
     def advance(self, n: int = 1) -> None:
         self.progress.advance(self.task, n)
+        if self.check:
+            self.check()
 
     def done(self, info: str = "") -> None:
         if self.task is not None:

@@ -12,6 +12,7 @@ Imported only by the commands that train: importing it imports TensorFlow.
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
 import shutil
@@ -25,13 +26,13 @@ import numpy as np
 import tensorflow as tf
 from rich.console import Console
 
-from tlcli import __version__, cache
+from tlcli import __version__, cache, checkpoint
 from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
 from tlcli.data import class_weights, load_folder, make_dataset
 from tlcli.errors import TlcliError
-from tlcli.model import (build_classifier, count_params, feature_model, freeze_backbone, head_model, pretrained,
-                         split_backbone, top_classifier, unfreeze_top)
+from tlcli.model import (build_classifier, count_params, feature_model, freeze_backbone, head_model, load_classifier,
+                         pretrained, split_backbone, top_classifier, unfreeze_top)
 from tlcli.progress import Step, format_logs, make_progress
 from tlcli.rundir import create_run_dir, mark_complete, save_model, write_csv, write_json, write_text
 
@@ -46,9 +47,19 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def train(config: TrainConfig, console: Console | None = None, quiet: bool = False) -> TrainResult:
-    """Fine-tune `config.backbone` on `config.data_dir` and leave a complete run directory."""
+def train(config: TrainConfig | None = None, console: Console | None = None, quiet: bool = False,
+          resume: str | Path | None = None) -> TrainResult:
+    """Fine-tune `config.backbone` on `config.data_dir` and leave a complete run directory.
+
+    With `resume` (an interrupted run folder), the run's own config.json is used and training
+    continues from its `last/` checkpoint in the same phase and epoch.
+    """
     console = console or Console(stderr=True)
+    state = None
+    if resume is not None:
+        resume = Path(resume)
+        state = checkpoint.load_state(resume)
+        config = TrainConfig.from_dict(json.loads((resume / "config.json").read_text(encoding="utf-8")))
     config = config.resolve()
     gpu = bool(tf.config.list_physical_devices("GPU"))
     mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
@@ -56,45 +67,64 @@ def train(config: TrainConfig, console: Console | None = None, quiet: bool = Fal
     keras.utils.set_random_seed(config.seed)
     say = (lambda *a: None) if quiet else console.print
 
-    with make_progress(console, quiet) as progress:
-        loading = Step(progress, "Loading")
-        data = load_folder(config.data_dir, config.image_size, config.val_split, config.seed, loading)
-        loading.done(f"{len(data.train)} train, {len(data.val)} val, {len(data.skipped)} skipped")
-    for note in data.warnings:
-        say(f"[yellow]warning:[/] {note}")
-    if data.skipped:
-        say(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
-
-    previous_policy = keras.mixed_precision.dtype_policy()
-    if mixed:  # float16 compute, float32 weights; the output layer stays float32
-        keras.mixed_precision.set_dtype_policy("mixed_float16")
-    try:
-        classifier = build_classifier(config.backbone, len(data.class_names), config.image_size, config.weights,
-                                      config.dropout)
-        run = create_run_dir(config.project, config.name)
-        say(f"Run directory: [bold]{run}[/]" + ("  (GPU" + (", mixed precision" if mixed else "") +
-                                                (", XLA" if xla else "") + ")" if gpu else ""))
-        write_json(run / "config.json", {**config.to_dict(), "class_names": data.class_names, "versions": versions()})
-        write_text(run / "labels.txt", "\n".join(data.class_names) + "\n")
-        if data.skipped:
-            write_csv(run / "skipped.csv", ["path", "reason"], data.skipped)
+    with checkpoint.GracefulStop() as stopper:
         try:
-            return _fit(config, data, classifier, run, progress_console=console, quiet=quiet, xla=xla)
+            with make_progress(console, quiet) as progress:
+                loading = Step(progress, "Loading", check=stopper.check)
+                data = load_folder(config.data_dir, config.image_size, config.val_split, config.seed, loading)
+                loading.done(f"{len(data.train)} train, {len(data.val)} val, {len(data.skipped)} skipped")
+        except checkpoint.StopRequested:
+            raise TlcliError("interrupted before training started; nothing was written.", exit_code=130) from None
+        if resume is not None and data.class_names != json.loads((resume / "config.json").read_text())["class_names"]:
+            raise TlcliError(f"the classes in {config.data_dir} changed since {resume} started; cannot resume.")
+        for note in data.warnings:
+            say(f"[yellow]warning:[/] {note}")
+        if data.skipped:
+            say(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
+
+        previous_policy = keras.mixed_precision.dtype_policy()
+        if mixed:  # float16 compute, float32 weights; the output layer stays float32
+            keras.mixed_precision.set_dtype_policy("mixed_float16")
+        try:
+            classifier = build_classifier(config.backbone, len(data.class_names), config.image_size, config.weights,
+                                          config.dropout)
+            if resume is not None:
+                run = resume
+                for leftover in run.glob(".*.tmp*"):  # temporaries of a process killed mid-write
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+                checkpoint.restore_weights(run, classifier)
+                say(f"Resuming [bold]{run}[/] at phase {state['phase']}, epoch {state['epoch'] + 1}")
+            else:
+                run = create_run_dir(config.project, config.name)
+                say(f"Run directory: [bold]{run}[/]" + ("  (GPU" + (", mixed precision" if mixed else "") +
+                                                        (", XLA" if xla else "") + ")" if gpu else ""))
+                write_json(run / "config.json",
+                           {**config.to_dict(), "class_names": data.class_names, "versions": versions()})
+                write_text(run / "labels.txt", "\n".join(data.class_names) + "\n")
+                if data.skipped:
+                    write_csv(run / "skipped.csv", ["path", "reason"], data.skipped)
+            try:
+                return _fit(config, data, classifier, run, console, quiet, xla, stopper, state)
+            finally:
+                shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
         finally:
-            shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
+            keras.mixed_precision.set_dtype_policy(previous_policy)
 
 
 def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Console, quiet: bool,
-         xla: bool) -> TrainResult:
+         xla: bool, stopper: checkpoint.GracefulStop, state: dict | None) -> TrainResult:
     say = (lambda *a: None) if quiet else progress_console.print
+    resumed = state is not None
+    state = state or {"phase": 1, "epoch": 0, "history": [], "best": None, "best_epoch": None}
     n_classes = len(data.class_names)
     weights = class_weights(data.train.labels, n_classes) if config.class_weights == "auto" else None
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     augmenter = build_augmenter(config.augment, config.image_size, config.seed)
-    keeper = BestKeeper(classifier, run / "model.keras")
-    history: list[dict] = []
+    history: list[dict] = state["history"]
+    keeper = BestKeeper(classifier, run / "model.keras", state["best"], state["best_epoch"], len(history))
+    if state["best"] is not None and (run / "model.keras").exists():
+        keeper.best_weights = load_classifier(run / "model.keras").get_weights()
+    stop_check = StopCheck(stopper)
     seconds: dict[str, float] = {}
     throughput: dict[str, float] = {}
     to_onehot = np.eye(n_classes, dtype=np.float32)
@@ -106,12 +136,12 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
     stem, top = split_backbone(classifier, config.unfreeze) if cached_phase2 else (feature_model(classifier), None)
     cached_phase2 = cached_phase2 and top is not None
 
-    interrupted = False
+    phase, trainer = state["phase"], None
     try:
-        # ---- phase 1: the head, on pooled features of every cached view
+        # ---- the frozen stem, once per view
         start = time.perf_counter()
         with make_progress(progress_console, quiet) as progress:
-            step = Step(progress, "Caching")
+            step = Step(progress, "Caching", check=stopper.check)
             step.start(len(data.train) * config.cache_views + len(data.val))
             activations = cache.compute(stem, augmenter, data.train.images, data.train.labels, data.val.images,
                                         data.val.labels, config.cache_views, config.batch_size,
@@ -119,21 +149,30 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
             train_x, val_x = cache.pooled_features(top, activations, config.batch_size)
             step.done(f"{config.cache_views} view(s) in {activations.seconds:.1f}s"
                       + (" (spilled to disk)" if activations.spilled else ""))
-            head = head_model(classifier)
-            head.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=["accuracy"], jit_compile=xla)
-            head.fit(
-                train_x, to_onehot[np.tile(data.train.labels, config.cache_views)],
-                batch_size=config.batch_size, epochs=config.epochs, shuffle=True, class_weight=weights,
-                validation_data=(val_x, to_onehot[data.val.labels]), verbose=0,
-                callbacks=[EpochBars(progress, "Head", config.epochs, -(-len(train_x) // config.batch_size)),
-                           HistoryRecorder(history, phase=1, lr=config.lr), keeper],
-            )
+
+            # ---- phase 1: the head, on pooled features of every cached view
+            if phase == 1:
+                trainer = head_model(classifier)
+                trainer.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=["accuracy"],
+                                jit_compile=xla)
+                if resumed:
+                    checkpoint.restore_optimizer(run, trainer.optimizer, trainer.trainable_variables)
+                trainer.fit(
+                    train_x, to_onehot[np.tile(data.train.labels, config.cache_views)],
+                    batch_size=config.batch_size, epochs=config.epochs, initial_epoch=state["epoch"], shuffle=True,
+                    class_weight=weights, validation_data=(val_x, to_onehot[data.val.labels]), verbose=0,
+                    callbacks=[stop_check,
+                               EpochBars(progress, "Head", config.epochs, -(-len(train_x) // config.batch_size)),
+                               HistoryRecorder(history, phase=1, lr=config.lr), keeper],
+                )
         seconds["phase1"] = time.perf_counter() - start
         throughput["phase1_images_per_second"] = (len(train_x) + len(val_x)) / seconds["phase1"]
 
         # ---- phase 2: the top of the backbone and the head, at a lower learning rate
         if config.fine_tune_epochs > 0:
-            keeper.restore()  # continue from the best head, not the last one
+            if phase == 1:
+                keeper.restore()  # continue from the best head, not the last one
+            resuming_phase2, phase = resumed and phase == 2, 2
             unfrozen = unfreeze_top(classifier, config.unfreeze, freeze_batchnorm=pretrained(config.weights))
             trainable, frozen = count_params(classifier)
             say(f"Fine-tuning the top {unfrozen} backbone layers ({trainable:,} trainable / {frozen:,} frozen "
@@ -150,20 +189,30 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
                 fit_weights = weights
             trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=loss, metrics=["accuracy"],
                             jit_compile=xla)
+            if resuming_phase2:
+                checkpoint.restore_optimizer(run, trainer.optimizer, trainer.trainable_variables)
             start = time.perf_counter()
             with make_progress(progress_console, quiet) as progress:
                 trainer.fit(
                     train_data, validation_data=val_data, validation_batch_size=config.batch_size if cached_phase2 else None,
-                    epochs=config.fine_tune_epochs, class_weight=fit_weights, verbose=0, shuffle=False,
-                    callbacks=[EpochBars(progress, "Tune", config.fine_tune_epochs,
+                    epochs=config.fine_tune_epochs, initial_epoch=state["epoch"] if resuming_phase2 else 0,
+                    class_weight=fit_weights, verbose=0, shuffle=False,
+                    callbacks=[stop_check,
+                               EpochBars(progress, "Tune", config.fine_tune_epochs,
                                          -(-len(data.train) // config.batch_size), first_epoch=config.epochs),
                                HistoryRecorder(history, phase=2, lr=config.fine_tune_lr, offset=config.epochs),
                                keeper],
                 )
             seconds["phase2"] = time.perf_counter() - start
             throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / seconds["phase2"]
-    except KeyboardInterrupt:
-        interrupted = True
+    except checkpoint.StopRequested:
+        done_in_phase = sum(1 for row in history if row["phase"] == phase)
+        checkpoint.save_last(run, classifier, trainer.optimizer if trainer is not None else None,
+                             {"phase": phase, "epoch": done_in_phase, "history": history, "best": keeper.best,
+                              "best_epoch": keeper.best_epoch})
+        _write_history(run, history)
+        kept = f"the best model so far is in {run / 'model.keras'}; " if keeper.best is not None else ""
+        raise TlcliError(f"interrupted: {kept}continue with `tlcli train --resume {run}`.", exit_code=130) from None
 
     keeper.restore()
     # Measured on the saved model end to end, from images: the figures describe model.keras.
@@ -182,30 +231,44 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
         "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(sum(seconds.values()), 2)},
         **{k: round(v, 1) for k, v in throughput.items()},
         "peak_memory_mb": round(peak_memory_mb(), 1),
-        "interrupted": interrupted,
+        "resumed": resumed,
     }
-    write_csv(run / "history.csv", HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in history])
+    _write_history(run, history)
     write_json(run / "metrics.json", metrics)
+    checkpoint.remove_last(run)
+    mark_complete(run)
+    return TrainResult(run, metrics, history)
+
+
+def _write_history(run: Path, history: list[dict]) -> None:
+    write_csv(run / "history.csv", HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in history])
     if history:
         from tlcli.plots import plot_curves
 
         plot_curves(history, run / "curves.png")
-    if interrupted:
-        raise TlcliError(f"interrupted; the best model so far is in {run / 'model.keras'}.", exit_code=130)
-    mark_complete(run)
-    return TrainResult(run, metrics, history)
+
+
+class StopCheck(keras.callbacks.Callback):
+    """A safe point after every training step: stops there once an interruption was requested."""
+
+    def __init__(self, stopper: checkpoint.GracefulStop):
+        super().__init__()
+        self.stopper = stopper
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.stopper.check()
 
 
 class BestKeeper(keras.callbacks.Callback):
     """Keeps the best classifier on validation (accuracy, then loss) on disk and in memory."""
 
-    def __init__(self, classifier, path: Path):
+    def __init__(self, classifier, path: Path, best=None, best_epoch=None, epochs_seen: int = 0):
         super().__init__()
         self.classifier, self.path = classifier, path
-        self.best = None  # (val_accuracy, -val_loss)
+        self.best = tuple(best) if best is not None else None  # (val_accuracy, -val_loss)
         self.best_weights = None
-        self.best_epoch = None
-        self.epochs_seen = 0  # across both phases
+        self.best_epoch = best_epoch
+        self.epochs_seen = epochs_seen  # across both phases
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs_seen += 1

@@ -1,0 +1,156 @@
+"""Interruption, resume, atomic files under kill -9, and full or unwritable disks."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tlcli import checkpoint
+from tlcli.config import TrainConfig
+from tlcli.errors import TlcliError
+
+
+def _config(data, project, **changes):
+    values = dict(backbone="tiny", weights="none", image_size=32, epochs=3, cache_views=2, fine_tune_epochs=3,
+                  batch_size=8, project=str(project))
+    values.update(changes)
+    return TrainConfig(str(data), **values)
+
+
+def _interrupt_at(monkeypatch, overall_epoch):
+    """Send this process a real SIGINT when `overall_epoch` (1-based, both phases) ends."""
+    from tlcli import train as train_module
+
+    original = train_module.HistoryRecorder.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if self.rows[-1]["epoch"] == overall_epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module.HistoryRecorder, "on_epoch_end", on_epoch_end)
+
+
+@pytest.mark.parametrize("stop_after,phase,epoch_in_phase", [(2, 1, 2), (4, 2, 1)])
+def test_sigint_saves_last_checkpoint_and_resume_completes(image_folder, tmp_path, monkeypatch, stop_after, phase,
+                                                           epoch_in_phase):
+    from tlcli.train import train
+
+    _interrupt_at(monkeypatch, stop_after)
+    with pytest.raises(TlcliError) as error:
+        train(_config(image_folder, tmp_path), quiet=True)
+    assert error.value.exit_code == 130 and "--resume" in str(error.value)
+    run = tmp_path / "train"
+    state = json.loads((run / "last" / "state.json").read_text())
+    # The SIGINT arrives after epoch `stop_after` ended; training stops at the next step.
+    assert (state["phase"], state["epoch"]) == (phase, epoch_in_phase)
+    assert len(state["history"]) == stop_after
+    assert (run / "model.keras").exists() and not (run / ".complete").exists()
+    assert not (tmp_path / "latest").exists()
+
+    monkeypatch.undo()
+    result = train(resume=run, quiet=True)
+    assert result.run_dir == run and result.metrics["resumed"]
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4, 5, 6]
+    assert [r["phase"] for r in result.history] == [1, 1, 1, 2, 2, 2]
+    assert (run / ".complete").exists() and not (run / "last").exists()
+    assert len(list(csv.DictReader((run / "history.csv").open()))) == 6
+    assert (tmp_path / "latest").read_text().strip() == "train"
+
+
+def test_resume_cli_errors(cli, trained_run, tmp_path, image_folder):
+    done = cli(["train", "--resume", trained_run])
+    assert done.exit_code == 2 and "finished already" in done.output
+    both = cli(["train", image_folder, "--resume", trained_run])
+    assert both.exit_code == 2 and "not both" in both.output
+    (tmp_path / "empty").mkdir()
+    missing = cli(["train", "--resume", tmp_path / "empty"])
+    assert missing.exit_code == 2 and "no checkpoint" in missing.output
+
+
+def test_second_signal_stops_at_once():
+    with checkpoint.GracefulStop() as stopper:
+        stopper._handle(signal.SIGINT, None)
+        with pytest.raises(checkpoint.StopRequested):
+            stopper.check()
+        with pytest.raises(KeyboardInterrupt):
+            stopper._handle(signal.SIGINT, None)
+
+
+KILL_DRIVER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import tlcli.rundir as rundir
+    import tlcli.train as train_module
+    from tlcli.config import TrainConfig
+
+    saves = []
+    def slow_save(model, path):
+        saves.append(path)
+        with rundir.atomic_path(path) as tmp:
+            model.save(tmp)
+            if len(saves) == 2:  # the second save: its new file is half-way to replacing the old one
+                Path(sys.argv[3]).write_text(str(tmp))
+                time.sleep(60)
+    train_module.save_model = slow_save
+    config = TrainConfig(sys.argv[1], backbone="tiny", weights="none", image_size=32, epochs=1, cache_views=1,
+                         fine_tune_epochs=20, fine_tune_lr=0.05, batch_size=8, project=sys.argv[2])
+    train_module.train(config, quiet=True)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_save_leaves_the_old_file_whole(image_folder, tmp_path):
+    marker = tmp_path / "saving"
+    process = subprocess.Popen([sys.executable, "-c", KILL_DRIVER, str(image_folder), str(tmp_path / "runs"), str(marker)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), "training never reached its second save"
+        assert os.path.exists(marker.read_text())  # the new model is on disk under its temporary name
+        process.kill()
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    run = tmp_path / "runs" / "train"
+    from tlcli.model import load_classifier
+
+    model = load_classifier(run / "model.keras")  # the first save, whole
+    assert model.output_shape == (None, 3)
+    json.loads((run / "config.json").read_text())
+    assert not (run / ".complete").exists()
+
+
+def test_full_disk_is_a_one_line_error_and_the_run_is_not_complete(cli, image_folder, tmp_path, monkeypatch):
+    import tlcli.rundir as rundir
+
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith("metrics.json"):
+            raise OSError(28, "No space left on device", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.os, "replace", replace)
+    result = cli(["train", image_folder, "--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs",
+                  "1", "--fine-tune-epochs", "0", "--project", tmp_path])
+    assert result.exit_code == 2
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "train" / ".complete").exists() and not (tmp_path / "latest").exists()
+    assert not [p for p in (tmp_path / "train").iterdir() if ".tmp" in p.name]  # no temporaries left
+
+
+def test_unwritable_project_folder_is_a_one_line_error(cli, image_folder, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    result = cli(["train", image_folder, "--backbone", "tiny", "--weights", "none", "--image-size", "32",
+                  "--project", tmp_path / "a_file" / "runs"])
+    assert result.exit_code == 2 and "cannot create a run folder" in result.output
