@@ -206,6 +206,7 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
             seconds["phase2"] = time.perf_counter() - start
             throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / seconds["phase2"]
     except checkpoint.StopRequested:
+        keeper.flush()
         done_in_phase = sum(1 for row in history if row["phase"] == phase)
         checkpoint.save_last(run, classifier, trainer.optimizer if trainer is not None else None,
                              {"phase": phase, "epoch": done_in_phase, "history": history, "best": keeper.best,
@@ -260,15 +261,21 @@ class StopCheck(keras.callbacks.Callback):
 
 
 class BestKeeper(keras.callbacks.Callback):
-    """Keeps the best classifier on validation (accuracy, then loss) on disk and in memory."""
+    """Keeps the best classifier on validation (accuracy, then loss) in memory and in model.keras.
 
-    def __init__(self, classifier, path: Path, best=None, best_epoch=None, epochs_seen: int = 0):
+    Writing a large model takes a while, so an improvement is written at most every
+    `every_seconds`; `flush()` (at the end of each phase and on interruption) writes any pending one.
+    """
+
+    def __init__(self, classifier, path: Path, best=None, best_epoch=None, epochs_seen: int = 0,
+                 every_seconds: float = 30.0):
         super().__init__()
-        self.classifier, self.path = classifier, path
+        self.classifier, self.path, self.every = classifier, path, every_seconds
         self.best = tuple(best) if best is not None else None  # (val_accuracy, -val_loss)
         self.best_weights = None
         self.best_epoch = best_epoch
         self.epochs_seen = epochs_seen  # across both phases
+        self.pending, self.last_write = False, float("-inf")
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs_seen += 1
@@ -276,7 +283,22 @@ class BestKeeper(keras.callbacks.Callback):
         if self.best is None or score > self.best:
             self.best, self.best_epoch = score, self.epochs_seen
             self.best_weights = self.classifier.get_weights()
-            save_model(self.classifier, self.path)
+            self.pending = True
+            if time.monotonic() - self.last_write >= self.every:
+                self.flush()
+
+    def on_train_end(self, logs=None):
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the best model if a newer one than on disk is waiting."""
+        if not self.pending:
+            return
+        current = self.classifier.get_weights()
+        self.classifier.set_weights(self.best_weights)
+        save_model(self.classifier, self.path)
+        self.classifier.set_weights(current)
+        self.pending, self.last_write = False, time.monotonic()
 
     def restore(self) -> None:
         if self.best_weights is not None:
