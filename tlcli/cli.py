@@ -128,6 +128,7 @@ def train(
     cache_ram_gb: Annotated[float, typer.Option(help="Memory for cached activations; beyond it they spill to disk.", rich_help_panel="Speed")] = _default(TrainConfig, "cache_ram_gb"),
     mixed_precision: Annotated[str, typer.Option(help="float16 compute: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "mixed_precision"),
     xla: Annotated[str, typer.Option(help="XLA-compiled training steps: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "xla"),
+    strategy: Annotated[str, typer.Option(help="tf.distribute: auto (mirrored with 2+ GPUs), one, mirrored, multiworker (TF_CONFIG).", rich_help_panel="Speed")] = _default(TrainConfig, "strategy"),
     augment: Augment = _default(AugmentConfig, "enabled"),
     rotation: Rotation = _default(AugmentConfig, "rotation"),
     shift: Shift = _default(AugmentConfig, "shift"),
@@ -160,7 +161,7 @@ def train(
         fine_tune_lr=fine_tune_lr, unfreeze=unfreeze, batch_size=batch_size, val_split=val_split, seed=seed,
         dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights,
         augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), cache_ram_gb=cache_ram_gb,
-        mixed_precision=mixed_precision, xla=xla, project=project, name=name,
+        mixed_precision=mixed_precision, xla=xla, strategy=strategy, project=project, name=name,
     ).resolve()  # bad flags fail here, before TensorFlow is even imported
     _import_tensorflow_quietly()
     from tlcli.train import train as run_training

@@ -57,6 +57,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mixed_precision: str = "auto"  # "auto": on when a GPU is present; "on"; "off"
     xla: str = "auto"  # XLA-compiled training steps; "auto": on when a GPU is present
+    strategy: str = "auto"  # tf.distribute: auto, one, mirrored, multiworker (see tlcli.distribute)
     project: str = "runs"
     name: str = "train"
 
@@ -81,6 +82,8 @@ class TrainConfig:
         _check(self.cache_ram_gb >= 0, "--cache-ram-gb must be 0 or more.")
         _check(self.mixed_precision in ("auto", "on", "off"), "--mixed-precision must be auto, on or off.")
         _check(self.xla in ("auto", "on", "off"), "--xla must be auto, on or off.")
+        _check(self.strategy in ("auto", "one", "mirrored", "multiworker"),
+               "--strategy must be auto, one, mirrored or multiworker.")
         a = self.augment
         _check(0 <= a.rotation <= 180, "--rotation is in degrees, 0 to 180.")
         _check(0 <= a.shear < 90, "--shear is in degrees, 0 to 89.")

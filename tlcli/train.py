@@ -17,6 +17,7 @@ import platform
 import resource
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from rich.console import Console
 
-from tlcli import __version__, cache, checkpoint
+from tlcli import __version__, cache, checkpoint, distribute
 from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
 from tlcli.data import class_weights, load_folder, make_dataset
@@ -61,6 +62,9 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         state = checkpoint.load_state(resume)
         config = TrainConfig.from_dict(json.loads((resume / "config.json").read_text(encoding="utf-8")))
     config = config.resolve()
+    strategy = distribute.make_strategy(config.strategy)  # first: multi-worker setup precedes other TF work
+    chief = distribute.is_chief()
+    quiet = quiet or not chief  # workers train in step with the chief but report nothing
     gpu = bool(tf.config.list_physical_devices("GPU"))
     mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
     xla = config.xla == "on" or (config.xla == "auto" and gpu)
@@ -86,33 +90,48 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         if mixed:  # float16 compute, float32 weights; the output layer stays float32
             keras.mixed_precision.set_dtype_policy("mixed_float16")
         try:
-            classifier = build_classifier(config.backbone, len(data.class_names), config.image_size, config.weights,
-                                          config.dropout)
-            if resume is not None:
-                run = resume
-                for leftover in run.glob(".*.tmp*"):  # temporaries of a process killed mid-write
-                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-                checkpoint.restore_weights(run, classifier)
-                say(f"Resuming [bold]{run}[/] at phase {state['phase']}, epoch {state['epoch'] + 1}")
-            else:
-                run = create_run_dir(config.project, config.name)
-                say(f"Run directory: [bold]{run}[/]" + ("  (GPU" + (", mixed precision" if mixed else "") +
-                                                        (", XLA" if xla else "") + ")" if gpu else ""))
-                write_json(run / "config.json",
-                           {**config.to_dict(), "class_names": data.class_names, "versions": versions()})
-                write_text(run / "labels.txt", "\n".join(data.class_names) + "\n")
-                if data.skipped:
-                    write_csv(run / "skipped.csv", ["path", "reason"], data.skipped)
-            try:
-                return _fit(config, data, classifier, run, console, quiet, xla, stopper, state)
-            finally:
-                shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
+            with distribute.fit_scope(strategy):  # models are built and trained under the strategy
+                classifier = build_classifier(config.backbone, len(data.class_names), config.image_size,
+                                              config.weights, config.dropout)
+                run = _open_run(config, data, chief, resume, say)
+                if resume is not None:
+                    checkpoint.restore_weights(run, classifier)
+                    say(f"Resuming [bold]{run}[/] at phase {state['phase']}, epoch {state['epoch'] + 1}")
+                else:
+                    say(f"Run directory: [bold]{run}[/]" + ("  (GPU" + (", mixed precision" if mixed else "") +
+                                                            (", XLA" if xla else "") + ")" if gpu else ""))
+                try:
+                    return _fit(config, data, classifier, run, console, quiet, xla, stopper, state, strategy, chief)
+                finally:
+                    shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
+                    if not chief:
+                        shutil.rmtree(run, ignore_errors=True)
         finally:
             keras.mixed_precision.set_dtype_policy(previous_policy)
 
 
+def _open_run(config: TrainConfig, data, chief: bool, resume: Path | None, say) -> Path:
+    """The run folder to write into: a new one, the resumed one, or a worker's throwaway copy."""
+    if not chief:
+        # Workers train in step with the chief and need somewhere for the same files; none is a result.
+        run = Path(tempfile.mkdtemp(prefix="tlcli-worker-"))
+        if resume is not None:
+            shutil.copytree(resume / checkpoint.LAST, run / checkpoint.LAST)
+        return run
+    if resume is not None:
+        for leftover in resume.glob(".*.tmp*"):  # temporaries of a process killed mid-write
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        return resume
+    run = create_run_dir(config.project, config.name)
+    write_json(run / "config.json", {**config.to_dict(), "class_names": data.class_names, "versions": versions()})
+    write_text(run / "labels.txt", "\n".join(data.class_names) + "\n")
+    if data.skipped:
+        write_csv(run / "skipped.csv", ["path", "reason"], data.skipped)
+    return run
+
+
 def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Console, quiet: bool,
-         xla: bool, stopper: checkpoint.GracefulStop, state: dict | None) -> TrainResult:
+         xla: bool, stopper: checkpoint.GracefulStop, state: dict | None, strategy, chief: bool) -> TrainResult:
     say = (lambda *a: None) if quiet else progress_console.print
     resumed = state is not None
     state = state or {"phase": 1, "epoch": 0, "history": [], "best": None, "best_epoch": None}
@@ -157,13 +176,15 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
                                 jit_compile=xla)
                 if resumed:
                     checkpoint.restore_optimizer(run, trainer.optimizer, trainer.trainable_variables)
+                distribute.prepare_for_fit(trainer, strategy)
                 trainer.fit(
                     train_x, to_onehot[np.tile(data.train.labels, config.cache_views)],
                     batch_size=config.batch_size, epochs=config.epochs, initial_epoch=state["epoch"], shuffle=True,
                     class_weight=weights, validation_data=(val_x, to_onehot[data.val.labels]), verbose=0,
                     callbacks=[stop_check,
                                EpochBars(progress, "Head", config.epochs, -(-len(train_x) // config.batch_size)),
-                               HistoryRecorder(history, phase=1, lr=config.lr), keeper],
+                               HistoryRecorder(history, phase=1, lr=config.lr), keeper,
+                               *_worker_backup(strategy, run, 1)],
                 )
         seconds["phase1"] = time.perf_counter() - start
         throughput["phase1_images_per_second"] = (len(train_x) + len(val_x)) / seconds["phase1"]
@@ -191,6 +212,7 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
                             jit_compile=xla)
             if resuming_phase2:
                 checkpoint.restore_optimizer(run, trainer.optimizer, trainer.trainable_variables)
+            distribute.prepare_for_fit(trainer, strategy)
             start = time.perf_counter()
             with make_progress(progress_console, quiet) as progress:
                 trainer.fit(
@@ -201,7 +223,7 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
                                EpochBars(progress, "Tune", config.fine_tune_epochs,
                                          -(-len(data.train) // config.batch_size), first_epoch=config.epochs),
                                HistoryRecorder(history, phase=2, lr=config.fine_tune_lr, offset=config.epochs),
-                               keeper],
+                               keeper, *_worker_backup(strategy, run, 2)],
                 )
             seconds["phase2"] = time.perf_counter() - start
             throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / seconds["phase2"]
@@ -216,6 +238,7 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
         raise TlcliError(f"interrupted: {kept}continue with `tlcli train --resume {run}`.", exit_code=130) from None
 
     keeper.restore()
+    distribute.prepare_for_fit(classifier, strategy)
     # Measured on the saved model end to end, from images: the figures describe model.keras.
     classifier.compile(loss=loss, metrics=["accuracy"])
     val_loss, val_accuracy = classifier.evaluate(make_dataset(data.val, n_classes, config.batch_size, shuffle=False),
@@ -237,8 +260,16 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
     _write_history(run, history)
     write_json(run / "metrics.json", metrics)
     checkpoint.remove_last(run)
-    mark_complete(run)
+    if chief:
+        mark_complete(run)
     return TrainResult(run, metrics, history)
+
+
+def _worker_backup(strategy, run: Path, phase: int) -> list:
+    """With several workers, Keras's backup-and-restore lets a restarted worker rejoin mid-phase."""
+    if not distribute.is_multiworker(strategy):
+        return []
+    return [keras.callbacks.BackupAndRestore(str(run / CACHE_DIR / f"backup_phase{phase}"))]
 
 
 def _write_history(run: Path, history: list[dict]) -> None:

@@ -1,0 +1,106 @@
+"""tf.distribute strategies: selection, chief detection, and a real two-worker run on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tlcli import distribute
+from tlcli.errors import TlcliError
+
+
+@pytest.mark.parametrize("tf_config,chief", [
+    (None, True),
+    ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, True),
+])
+def test_is_chief(monkeypatch, tf_config, chief):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert distribute.is_chief() is chief
+
+
+def test_strategy_choice_on_this_machine(monkeypatch):
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    assert distribute.make_strategy("auto").num_replicas_in_sync == (gpus if gpus > 1 else 1)
+    assert isinstance(distribute.make_strategy("one"), tf.distribute.OneDeviceStrategy)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(TlcliError, match="TF_CONFIG"):
+        distribute.make_strategy("multiworker")
+
+
+def test_mirrored_strategy_trains_a_complete_run(image_folder, tmp_path):
+    from tlcli.config import TrainConfig
+    from tlcli.train import train
+
+    result = train(TrainConfig(str(image_folder), backbone="tiny", weights="none", image_size=32, epochs=1,
+                               cache_views=2, fine_tune_epochs=1, batch_size=8, strategy="mirrored",
+                               project=str(tmp_path)), quiet=True)
+    assert (result.run_dir / ".complete").exists() and 0 <= result.metrics["val_accuracy"] <= 1
+
+
+def _free_ports(n):
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    except OSError:
+        return None
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["none", "file"])
+def test_two_workers_train_one_run(image_folder, tmp_path, weights):
+    """Two processes on 127.0.0.1 with their own TF_CONFIG: both finish, only the chief writes.
+
+    With a weights file the backbone counts as pretrained, so phase 2 trains on cached
+    activations; with none it runs end to end: both paths under MultiWorkerMirroredStrategy."""
+    ports = _free_ports(2)
+    if ports is None:
+        pytest.skip("cannot bind ports on 127.0.0.1")
+    weights_arg = "none"
+    if weights == "file":
+        from tlcli.backbones import build_backbone
+
+        weights_arg = str(tmp_path / "tiny.weights.h5")
+        build_backbone("tiny", "none", 32).save_weights(weights_arg)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    project = tmp_path / "runs"
+    args = [sys.executable, "-m", "tlcli", "train", str(image_folder), "--backbone", "tiny", "--weights", weights_arg,
+            "--image-size", "32", "--epochs", "1", "--cache-views", "2", "--fine-tune-epochs", "1",
+            "--batch-size", "8", "--strategy", "multiworker", "--project", str(project), "--json"]
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [w.communicate(timeout=240) for w in workers]
+    except subprocess.TimeoutExpired:
+        for w in workers:
+            w.kill()
+        pytest.fail("multi-worker training did not finish in time")
+    for w, (stdout, stderr) in zip(workers, outputs):
+        assert w.returncode == 0, stderr[-2000:]
+    chief_metrics = json.loads(outputs[0][0])
+    runs = [p for p in project.iterdir() if p.is_dir()]
+    assert [p.name for p in runs] == ["train"]  # the worker wrote no run of its own
+    run = runs[0]
+    assert (run / ".complete").exists() and chief_metrics["n_train"] > 0
+    from tlcli.model import load_classifier
+
+    assert load_classifier(run / "model.keras").output_shape == (None, 3)
