@@ -132,6 +132,8 @@ def load_classifier(path) -> keras.Model:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises ValueError, TypeError, OSError, zipfile errors…
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # Keras says "File not found" for a file that is there, and explains safe mode at length.
+        text = _not_a_keras_file(path) or _safe_mode_refusal(str(error)) or text
         raise TlcliError(f"cannot load '{path}' as a Keras model: {text[:200]}") from None
 
 
@@ -188,3 +190,70 @@ def top_classifier(top: keras.Model, classifier: keras.Model) -> keras.Model:
     """Cached activations -> probabilities: `top` followed by the classifier's own head."""
     x = classifier.get_layer("dropout")(top.output)
     return keras.Model(top.input, classifier.get_layer("predictions")(x), name="top_classifier")
+
+
+def check_classifier(model: keras.Model, labels: list[str], path, image_size: int | None = None) -> None:
+    """A one-line TlcliError unless `model` can be run as tlcli runs its own: one batch of RGB
+    images in (any size, or `image_size`), one probability per label of labels.txt out.
+
+    Called right after loading, so a model from another tool, or labels.txt from another run,
+    is refused with a reason instead of failing inside TensorFlow with a traceback.
+    """
+    from tlcli.errors import TlcliError
+
+    inputs, outputs = getattr(model, "inputs", None), getattr(model, "outputs", None)
+    if inputs is not None:
+        if len(inputs) != 1:
+            raise TlcliError(f"'{path}' takes {len(inputs)} inputs; an image classifier takes one batch of images.")
+        shape = tuple(inputs[0].shape)
+        if len(shape) != 4 or shape[-1] not in (3, None):
+            raise TlcliError(f"'{path}' takes input of shape {_shape_text(shape)}, not a batch of RGB images "
+                             "(a model from another tool?).")
+        fixed = shape[1:3]
+        if image_size and None not in fixed and tuple(fixed) != (image_size, image_size):
+            raise TlcliError(f"'{path}' takes {fixed[1]}x{fixed[0]} images, but its run says {image_size}x{image_size}.")
+    if outputs is not None:
+        if len(outputs) != 1 or len(outputs[0].shape) != 2:
+            shapes = ", ".join(_shape_text(tuple(o.shape)) for o in outputs)
+            raise TlcliError(f"'{path}' outputs {shapes}, not one probability per class (a model from another tool?).")
+        n_outputs = outputs[0].shape[-1]
+        if n_outputs is not None and int(n_outputs) != len(labels):
+            raise TlcliError(f"'{path}' outputs {int(n_outputs)} classes but its labels.txt lists {len(labels)}: "
+                             "the labels do not belong to this model.")
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join("batch" if i == 0 and d is None else "any" if d is None else str(d)
+                           for i, d in enumerate(shape)) + ")"
+
+
+def _not_a_keras_file(path) -> str | None:
+    """Why `path` cannot be a .keras model at all (it is not a Keras zip archive), else None."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head == b"\x89HDF\r\n\x1a\n":
+            return "it is an HDF5 (.h5) file, from Keras 2 or another tool; tlcli reads .keras files"
+        if not zipfile.is_zipfile(path):
+            return "not a .keras file (not a zip archive)"
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                return "a zip archive without the config.json of a .keras model"
+    except (OSError, zipfile.BadZipFile) as error:
+        return f"cannot read it: {error.strerror or error}" if isinstance(error, OSError) else "a damaged zip archive"
+    return None
+
+
+def _safe_mode_refusal(text: str) -> str | None:
+    """Keras's long explanations of what safe mode refused, as one short reason."""
+    import re
+
+    if "arbitrary code execution" in text or "safe_mode" in text:
+        return ("it holds Python code (e.g. a Lambda layer), which tlcli never runs: models are loaded in "
+                "Keras safe mode")
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
+    if unknown:
+        return f"it uses '{unknown.group(1)}', which is not part of tlcli or Keras (a model from another tool?)"
+    return None

@@ -110,10 +110,10 @@ class KerasPredictor(Predictor):
         super().__init__(ref)
         import tensorflow as tf
 
-        from tlcli.model import load_classifier
+        from tlcli.model import check_classifier, load_classifier
 
         model = load_classifier(ref.path)
-        self._check_outputs(model.output_shape[-1])
+        check_classifier(model, self.labels, ref.path, self.image_size)  # refused here, not by a TF traceback
         self.model = model
         spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.uint8)
         # One traced graph for every batch size: no retracing for the last, smaller batch.
