@@ -320,6 +320,7 @@ def evaluate(
     top_k: TopK = 3,
     batch_size: BatchSize = 32,
     max_errors: Annotated[int, typer.Option(help="Misclassified images shown in errors.png.")] = 16,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each misclassified image's Grad-CAM heatmap beside it in errors.png (Keras models).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ):
@@ -333,10 +334,14 @@ def evaluate(
     Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite[/]
     """
     ref = _load_model_ref(model, project)
+    if explain:
+        from tlcli.explain import require_keras
+
+        require_keras(ref)
     from tlcli.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(data_dir, ref, split=split, output=output, top_k=top_k, batch_size=batch_size,
-                            max_errors=max_errors, console=err, quiet=quiet or as_json)
+                            max_errors=max_errors, console=err, quiet=quiet or as_json, explain=explain)
     if as_json:
         print(json.dumps({"out_dir": str(result.out_dir), **result.metrics}))
         return
@@ -371,6 +376,71 @@ def _evaluation_tables(m: dict) -> list[Table]:
         classes.add_row(f"[italic]{name}[/]", f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
                         str(m["n_images"]))
     return [summary, classes]
+
+
+@app.command()
+@friendly_errors
+def explain(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder or .keras file (default: the newest run in --project).", show_default=False)] = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", "-c", help="Explain this class instead of each image's predicted one.", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the PNGs (default: <run>/explain/, or ./explain for a model outside a run).", show_default=False)] = None,
+    project: ProjectOption = _default(TrainConfig, "project"),
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+):
+    """Show where the model looks: a Grad-CAM heatmap over each image, for the predicted class or --class.
+
+    Red marks the regions that raise the class's score most, from the backbone's last convolutional feature map; a model that is right for the wrong reason (the background, a watermark) shows it there.
+
+    Writes one PNG per image (the original image, the heatmap, the label and its confidence) and contact_sheet.png when there are several. Needs the Keras model (a run or .keras file), not a .tflite export. A file that cannot be read is reported and makes the exit code 1.
+
+    Example: [bold]tlcli explain photos/ 'more/*.jpg' --model runs/train --class roses[/]
+    """
+    from tlcli.explain import class_index, require_keras
+    from tlcli.rundir import resolve_model
+
+    if batch_size < 1:
+        raise TlcliError("--batch-size must be at least 1.")
+    ref = resolve_model(model, project)
+    require_keras(ref)  # a .tflite or SavedModel fails here, before TensorFlow loads
+    class_index(class_name, ref.labels)
+    _import_tensorflow_quietly()
+    from tlcli.explain import explain_files
+
+    result = explain_files(ref, paths, class_name, output, batch_size=batch_size, console=err, quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps(result.rows, indent=2))
+    elif not quiet:
+        out.print(_explain_table(result))
+        sheet = f" and {result.sheet.name}" if result.sheet else ""
+        done = len(result.rows) - result.failed
+        out.print(f"Wrote {done} heatmap(s){sheet} to {result.out_dir}", highlight=False)
+    if result.failed:
+        if not quiet:
+            err.print(f"[yellow]{result.failed} of {len(result.rows)} input(s) failed.[/]", highlight=False)
+        raise typer.Exit(1)
+
+
+def _explain_table(result) -> Table:
+    from rich.text import Text
+
+    title = f"Grad-CAM of {result.layer} ({result.grid[0]}x{result.grid[1]}), {len(result.rows)} image(s)"
+    table = Table(title=title, title_justify="left")
+    other = any(r["predicted"] != r["label"] for r in result.rows if not r["error"])  # --class was given
+    columns = ("path", "class", "confidence") + (("predicted",) if other else ()) + ("heatmap",)
+    for column in columns:
+        table.add_column(column, justify="right" if column == "confidence" else "left", overflow="fold")
+    for r in result.rows:
+        if r["error"]:
+            table.add_row(Text(r["path"]), Text("error", style="bold red"), "", *([""] if other else []),
+                          Text(r["error"], style="red"))
+        else:
+            predicted = "" if r["predicted"] == r["label"] else f"{r['predicted']} {r['predicted_confidence']:.3f}"
+            table.add_row(Text(r["path"]), Text(r["label"], style="bold"), f"{r['confidence']:.3f}",
+                          *([Text(predicted)] if other else []), Text(Path(r["heatmap"]).name))
+    return table
 
 
 # ---- export command (issue 4) goes here ----

@@ -123,6 +123,7 @@ def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: 
         return _remade_split(data_dir, layout, ref, labels, size, split, console, quiet)
 
     classes, notes = discover(folder)
+    skipped, left_out = _drop_unusable_classes(classes, labels, size)
     where = data_dir.name if split == "all" else f"{data_dir.name}/{folder.name}"
     index = _match_labels(list(classes), labels, where)
     paths = [str(p) for name in sorted(classes) for p in classes[name]]
@@ -130,7 +131,7 @@ def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: 
     if split == "all":
         notes.append(f"evaluating every image in {data_dir} (it has no val/ or test/ folder); "
                      "--split val re-makes the run's validation split.")
-    return EvalSet(split, paths, y, notes=notes)
+    return EvalSet(split, paths, y, skipped=skipped, notes=notes + left_out)
 
 
 def _remade_split(data_dir: Path, layout: dict, ref: ModelRef, labels: list[str], size: int, split: str,
@@ -142,7 +143,9 @@ def _remade_split(data_dir: Path, layout: dict, ref: ModelRef, labels: list[str]
                          "whose config.json could re-make the split; use --split all or a folder with val/.")
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     main = layout.get("all") or layout["train"]
-    _match_labels(list(discover(main)[0]), labels, str(main))  # fail before decoding anything
+    found = discover(main)[0]
+    _drop_unusable_classes(found, labels, size)
+    _match_labels(list(found), labels, str(main))  # fail before decoding the whole folder
     notes = []
     trained_on = config.get("data_dir")
     if trained_on and Path(trained_on).resolve() != data_dir.resolve():
@@ -158,6 +161,27 @@ def _remade_split(data_dir: Path, layout: dict, ref: ModelRef, labels: list[str]
     if data.skipped:  # unreadable before any split was made: in neither split, as in training
         notes.append(f"{len(data.skipped)} unreadable file(s) in {data_dir} left out, as in training.")
     return EvalSet(split, part.paths, y, part.images, notes=notes + data.warnings)
+
+
+def _drop_unusable_classes(classes: dict, labels: list[str], size: int) -> tuple[list, list[str]]:
+    """Leave out, as training did, the class folders the model does not know that hold no
+    readable image (a folder of broken files is no reason to refuse the rest). Changes `classes`;
+    returns their files as (path, reason) and a note for each.
+    """
+    skipped, notes = [], []
+    for name in sorted(set(classes) - set(labels)):
+        reasons = []
+        for path in classes[name]:
+            try:
+                load_image(path, size)
+                break  # a usable image: a class the model really does not know
+            except ImageError as error:
+                reasons.append((str(path), str(error)))
+        else:
+            del classes[name]
+            skipped += reasons
+            notes.append(f"class '{name}' has no usable images; left out, as in training.")
+    return skipped, notes
 
 
 def _match_labels(found: list[str], labels: list[str], where: str) -> dict[str, int]:
@@ -208,10 +232,15 @@ class EvalResult:
 
 def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, output: str | Path | None = None,
              top_k: int = 3, batch_size: int = 32, max_errors: int = 16, console: Console | None = None,
-             quiet: bool = False) -> EvalResult:
+             quiet: bool = False, explain: bool = False) -> EvalResult:
     """Evaluate the model `ref` on a split of DATA_DIR; write metrics.json, predictions.csv,
-    confusion_matrix.png and errors.png into `output` (default: see `default_output`)."""
+    confusion_matrix.png and errors.png into `output` (default: see `default_output`).
+    `explain`: errors.png shows each mistake's Grad-CAM heatmap beside it (Keras models only)."""
     console = console or Console(stderr=True)
+    if explain:  # fail before any work: Grad-CAM needs the Keras model
+        from tlcli.explain import require_keras
+
+        require_keras(ref)
     if top_k < 1:
         raise TlcliError("--top-k must be at least 1.")
     if max_errors < 0:
@@ -273,11 +302,16 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
 
     captions = {i: f"{Path(paths[i]).name[:28]}\ntrue: {labels[y_true[i]]}\npred: {labels[y_pred[i]]} ({confidence[i]:.0%})"
                 for i in wrong}
-    _error_gallery(out_dir / "errors.png", wrong, pixels, captions, n_wrong=int((y_pred != y_true).sum()))
+    if explain:  # each mistake beside its heatmap for the predicted class: why the model got it wrong
+        from tlcli.explain import with_heatmaps
+
+        pixels = with_heatmaps(predictor.model, labels, pixels, {i: int(y_pred[i]) for i in wrong})
+    _error_gallery(out_dir / "errors.png", wrong, pixels, captions, n_wrong=int((y_pred != y_true).sum()),
+                   explained=explain)
     return EvalResult(report, out_dir)
 
 
-def _error_gallery(path: Path, wrong: list[int], pixels, captions: dict, n_wrong: int) -> None:
+def _error_gallery(path: Path, wrong: list[int], pixels, captions: dict, n_wrong: int, explained: bool = False) -> None:
     from tlcli.plots import plot_error_gallery
 
     images, shown = [], []
@@ -288,4 +322,6 @@ def _error_gallery(path: Path, wrong: list[int], pixels, captions: dict, n_wrong
         except ImageError:  # changed on disk since it was predicted: leave it out of the picture
             continue
     title = f"Most confident mistakes ({len(images)} of {n_wrong} misclassified)"
+    if explained:
+        title += "\nright of each: Grad-CAM heatmap of the predicted class (red: what it looked at)"
     plot_error_gallery(np.asarray(images), shown, path, title)

@@ -99,10 +99,13 @@ def plot_error_gallery(images, captions: list[str], path: str | Path, title: str
         ax.text(0.5, 0.5, "No misclassified images.", ha="center", va="center", fontsize=12)
         _save(fig, path)
         return
-    cols = min(4, n)
+    # Wide images (evaluate --explain: an image beside its heatmap) get wider cells, fewer a row.
+    aspect = max(1.0, images[0].shape[1] / max(1, images[0].shape[0]))
+    cols = min(4 if aspect < 1.5 else 3, n)
     rows = -(-n // cols)
     # Constrained layout keeps three-line captions and the title clear of the images.
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.1 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * aspect * cols, 3.1 * rows), squeeze=False,
+                             layout="constrained")
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
