@@ -407,3 +407,13 @@ def test_a_partly_quantized_int8_model_is_reported(tmp_path):
     path.write_bytes(convert_tflite(model, "int8", images)[0])
     (note,) = quantization_notes(path)
     assert "partly quantized" in note and "SIN" in note
+
+
+def test_labels_that_disagree_with_the_model_are_refused(cli, trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "labels.txt").write_text("bright\ndark\n")
+    result = cli(["export", "--model", run, "--output", tmp_path / "out"])
+    assert result.exit_code == 2 and "labels.txt" in result.output

@@ -47,3 +47,11 @@ def test_resolve_model_rules(trained_run, tmp_path):
         resolve_model(tmp_path / "notes.txt")
     with pytest.raises(TlcliError, match="no model.keras"):
         resolve_model(tmp_path)
+
+
+def test_write_csv_survives_file_names_that_are_not_utf8(tmp_path):
+    from tlcli.rundir import write_csv
+
+    name = "caf\udce9.jpg"  # how Python hands over a Latin-1 byte in a file name
+    write_csv(tmp_path / "s.csv", ["path"], [[name]])
+    assert "caf\\udce9.jpg" in (tmp_path / "s.csv").read_text()  # escaped, not a crash

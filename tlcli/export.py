@@ -182,9 +182,10 @@ def export(model: str | os.PathLike | None = None, project: str | os.PathLike = 
     except OSError as error:
         raise TlcliError(f"cannot create the export folder '{out}': {error.strerror or error}.") from None
 
-    from tlcli.model import load_classifier
+    from tlcli.model import check_classifier, load_classifier
 
     classifier = load_classifier(ref.path)
+    check_classifier(classifier, ref.labels, ref.path, ref.image_size)  # a wrong labels.txt would ship
     assert_no_augmentation(classifier)
     seed = int(config.get("seed", 0) or 0)
 

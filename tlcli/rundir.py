@@ -71,7 +71,8 @@ def _umask() -> int:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+        # File names that are not valid UTF-8 (surrogate escapes) are written as \xNN, not a crash.
+        Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def write_json(path: str | os.PathLike, data) -> None:
