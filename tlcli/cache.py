@@ -83,9 +83,15 @@ def pooled_features(top: keras.Model | None, cache: ActivationCache, batch_size:
     if top is None:  # the stem already ends in pooled features
         return cache.train.reshape(-1, cache.train.shape[-1]), np.asarray(cache.val)
 
+    # A compiled function: calling the model eagerly batch by batch costs more than the maths.
+    forward = tf.function(lambda x: top(x, training=False),
+                          input_signature=[tf.TensorSpec((None, *cache.val.shape[1:]), cache.val.dtype)])
+
     def run(array):
-        return np.concatenate([top(np.asarray(array[i:i + batch_size]), training=False).numpy()
-                               for i in range(0, len(array), batch_size)]) if len(array) else np.zeros((0, top.output.shape[-1]))
+        if not len(array):
+            return np.zeros((0, top.output.shape[-1]), np.float32)
+        return np.concatenate([forward(np.asarray(array[i:i + batch_size])).numpy()
+                               for i in range(0, len(array), batch_size)])
 
     return np.concatenate([run(cache.train[v]) for v in range(cache.views)]), run(cache.val)
 
