@@ -297,16 +297,16 @@ def test_int8_tflite_with_uint8_input_and_output(trained_run, image_folder, tmp_
 
 
 def test_quantize_and_dequantize_use_scale_and_zero_point():
-    from tlcli.predict import _dequantize, _quantize
+    from tlcli.predict import dequantize, quantize
 
     pixels = np.array([0, 1, 127, 255], np.uint8)
-    as_int8 = _quantize(pixels, {"dtype": np.int8, "quantization": (1.0, -128)})
+    as_int8 = quantize(pixels, {"dtype": np.int8, "quantization": (1.0, -128)})
     assert as_int8.dtype == np.int8 and as_int8.tolist() == [-128, -127, -1, 127]
-    halved = _quantize(pixels, {"dtype": np.uint8, "quantization": (2.0, 0)})
+    halved = quantize(pixels, {"dtype": np.uint8, "quantization": (2.0, 0)})
     assert halved.tolist() == [0, 0, 64, 128]  # round half to even, as TFLite does
-    scores = _dequantize(np.array([-128, 0, 127], np.int8), {"dtype": np.int8, "quantization": (1 / 256, -128)})
+    scores = dequantize(np.array([-128, 0, 127], np.int8), {"dtype": np.int8, "quantization": (1 / 256, -128)})
     assert scores.tolist() == pytest.approx([0.0, 0.5, 255 / 256])
-    floats = _quantize(pixels, {"dtype": np.float32, "quantization": (0.0, 0)})
+    floats = quantize(pixels, {"dtype": np.float32, "quantization": (0.0, 0)})
     assert floats.dtype == np.float32 and floats.tolist() == [0, 1, 127, 255]
 
 

@@ -43,22 +43,15 @@ def _default(cls, name: str):
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow without its C++ start-up log lines in the user's terminal.
 
-    Those lines are written to file descriptor 2 by native code before any Python logging
-    setting applies, so stderr is pointed at /dev/null for the duration of the import only.
+    Native code writes them to file descriptor 2 before any Python logging setting applies.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules:
         return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
+    from tlcli.progress import quiet_native_output
+
+    with quiet_native_output():
+        import tensorflow  # noqa: F401
 
 
 def friendly_errors(command):

@@ -254,8 +254,6 @@ def _check_file(path) -> None:
 
 def _decode(image, size: int) -> np.ndarray:
     """An opened (not yet decoded) image to (size, size, 3) uint8."""
-    from PIL import Image
-
     image.draft("RGB", (size, size))  # JPEG only: decode at the smallest scale still >= size
     width, height = image.size
     pixels = max(1, width) * max(1, height)

@@ -14,15 +14,11 @@ TensorFlow is imported inside the functions that need it, so the flag parsing he
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +28,7 @@ from rich.console import Console
 
 from tlcli import __version__
 from tlcli.errors import TlcliError, unknown_name
-from tlcli.progress import Step, make_progress
+from tlcli.progress import Step, make_progress, quiet_native_output
 from tlcli.rundir import ModelRef, atomic_path, resolve_model, write_json, write_text
 
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -600,39 +596,23 @@ def _run_tflite_timed(path, images: np.ndarray, progress=None) -> tuple[np.ndarr
     if inp["shape"][0] != 1:
         interpreter.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
         interpreter.allocate_tensors()
-    quantize = _quantizer(inp)
-    dequantize = _dequantizer(outp)
+    from tlcli.predict import dequantize, quantize
+
     results, seconds = [], 0.0
     for i, image in enumerate(images):
-        x = quantize(image[None])
+        x = quantize(image[None], inp)
         start = time.perf_counter()
         interpreter.set_tensor(inp["index"], x)
         interpreter.invoke()
         y = interpreter.get_tensor(outp["index"])
         if i > 0 or len(images) == 1:  # the first call warms up
             seconds += time.perf_counter() - start
-        results.append(dequantize(y)[0])
+        results.append(dequantize(y, outp)[0])
         if progress:
             progress(1)
     timed = max(1, len(images) - 1)
     probs = np.stack(results) if results else np.zeros((0, outp["shape"][-1]), np.float32)
     return probs, seconds / timed
-
-
-def _quantizer(detail):
-    dtype = np.dtype(detail["dtype"])
-    scale, zero_point = detail["quantization"]
-    if dtype.kind == "f" or not scale:
-        return lambda x: x.astype(dtype)
-    info = np.iinfo(dtype)
-    return lambda x: np.clip(np.round(x.astype(np.float32) / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def _dequantizer(detail):
-    scale, zero_point = detail["quantization"]
-    if np.dtype(detail["dtype"]).kind == "f" or not scale:
-        return lambda y: y.astype(np.float32)
-    return lambda y: ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def check_keras(classifier, path: Path, images: np.ndarray, labels: np.ndarray, step: Step | None = None):
@@ -705,46 +685,6 @@ def _size(path) -> int:
 
 
 # ---------------------------------------------------------------- plumbing
-
-
-@contextlib.contextmanager
-def quiet_native_output():
-    """Silence what TensorFlow's and LiteRT's native code and Keras's export print.
-
-    File descriptors 1 and 2 point at /dev/null meanwhile; when sys.stderr is the real fd 2 it
-    is swapped for a copy of it, so progress bars (rich writes to sys.stderr) keep drawing.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    real_stderr, swapped = sys.stderr, None
-    try:
-        if _fileno(sys.stderr) == 2:
-            swapped = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None))
-            sys.stderr = swapped
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the converter's UserWarnings about statistics
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-        if swapped is not None:
-            sys.stderr = real_stderr
-            with contextlib.suppress(Exception):
-                swapped.flush()  # not closed: a progress thread may still hold it; GC closes it
-
-
-def _fileno(stream) -> int | None:
-    try:
-        return stream.fileno()
-    except Exception:  # pytest's and click's capture streams have none
-        return None
 
 
 def _first_line(error: Exception) -> str:

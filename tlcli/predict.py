@@ -10,7 +10,6 @@ second: nothing in this module imports TensorFlow or Keras at module level.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import io
@@ -25,6 +24,7 @@ import numpy as np
 
 from tlcli.data import ImageError, find_images, is_image_file, load_image
 from tlcli.errors import TlcliError
+from tlcli.progress import quiet_native_output
 from tlcli.rundir import ModelRef
 
 FORMATS = ("table", "json", "csv")
@@ -171,7 +171,7 @@ class TFLitePredictor(Predictor):
         super().__init__(ref)
         interpreter_class = _litert_interpreter()
         try:
-            with _quiet_stderr():  # the native "Created TensorFlow Lite XNNPACK delegate" line
+            with quiet_native_output():  # the native "Created TensorFlow Lite XNNPACK delegate" line
                 self.interpreter = interpreter_class(model_path=str(ref.path), num_threads=os.cpu_count() or 1)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
@@ -206,12 +206,12 @@ class TFLitePredictor(Predictor):
             self.interpreter.resize_tensor_input(self._in["index"], list(images.shape))
             self.interpreter.allocate_tensors()
             self._shape = images.shape
-        self.interpreter.set_tensor(self._in["index"], _quantize(images, self._in))
+        self.interpreter.set_tensor(self._in["index"], quantize(images, self._in))
         self.interpreter.invoke()
-        return _dequantize(self.interpreter.get_tensor(self._out["index"]), self._out)
+        return dequantize(self.interpreter.get_tensor(self._out["index"]), self._out)
 
 
-def _quantize(images: np.ndarray, detail: dict) -> np.ndarray:
+def quantize(images: np.ndarray, detail: dict) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     if dtype.kind == "f":
         return images.astype(dtype)
@@ -223,7 +223,7 @@ def _quantize(images: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero_point = detail["quantization"]
     if np.dtype(detail["dtype"]).kind == "f" or not scale:
         return values.astype(np.float32)
@@ -243,25 +243,6 @@ def _litert_interpreter():
         return Interpreter
     except ImportError:
         raise TlcliError("running a .tflite model needs LiteRT: pip install 'tlcli[litert]'.") from None
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Point file descriptor 2 at /dev/null: native code logs there, below Python's reach."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (embedded): nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
 
 
 _PREDICTORS = {"keras": KerasPredictor, "savedmodel": SavedModelPredictor, "tflite": TFLitePredictor}

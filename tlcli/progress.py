@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
+import warnings
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -50,3 +56,43 @@ def format_logs(logs) -> str:
     if "val_loss" in logs:
         text += f" | val {float(logs['val_loss']):.3f} {float(logs['val_accuracy']):.3f}"
     return text
+
+
+@contextlib.contextmanager
+def quiet_native_output():
+    """Silence what TensorFlow's and LiteRT's native code and Keras's export print.
+
+    File descriptors 1 and 2 point at /dev/null meanwhile; when sys.stderr is the real fd 2 it
+    is swapped for a copy of it, so progress bars (rich writes to sys.stderr) keep drawing.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    real_stderr, swapped = sys.stderr, None
+    try:
+        if _fileno(sys.stderr) == 2:
+            swapped = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None))
+            sys.stderr = swapped
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the converter's UserWarnings about statistics
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+        if swapped is not None:
+            sys.stderr = real_stderr
+            with contextlib.suppress(Exception):
+                swapped.flush()  # not closed: a progress thread may still hold it; GC closes it
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except Exception:  # pytest's and click's capture streams have none
+        return None
