@@ -64,6 +64,24 @@ def trained_run(image_folder, tmp_path_factory) -> Path:
     return train(config, quiet=True).run_dir
 
 
+def saved_model_figures(run: Path) -> tuple[float, float]:
+    """(accuracy, plain cross-entropy) of run/model.keras on the run's validation images, computed
+    here with numpy, independently of tlcli's training code."""
+    import json
+
+    from tlcli.config import TrainConfig
+    from tlcli.data import load_folder
+    from tlcli.model import load_classifier
+
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    folder = load_folder(config.data_dir, config.image_size, config.val_split, config.seed)
+    probabilities = load_classifier(run / "model.keras").predict(folder.val.images.astype("float32"), verbose=0)
+    labels = folder.val.labels
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    cross_entropy = float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1)).mean())
+    return accuracy, cross_entropy
+
+
 @pytest.fixture
 def cli():
     """Invoke the tlcli app in-process: cli(["train", ...]) -> click Result."""

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import saved_model_figures
 from tlcli import distribute
 from tlcli.errors import TlcliError
 
@@ -25,6 +26,19 @@ def test_is_chief(monkeypatch, tf_config, chief):
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert distribute.is_chief() is chief
+
+
+@pytest.mark.parametrize("strategy", ["one", "auto"])
+def test_a_stray_tf_config_does_not_make_a_single_host_run_a_worker(cli, image_folder, tmp_path, monkeypatch,
+                                                                      strategy):
+    """Worker roles apply only under multiworker: a left-over TF_CONFIG must not throw the run away."""
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    result = cli(["train", image_folder, "--backbone", "tiny", "--weights", "none", "--image-size", "32",
+                  "--epochs", "1", "--fine-tune-epochs", "0", "--strategy", strategy, "--project", tmp_path])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "train" / ".complete").exists() and (tmp_path / "train" / "model.keras").exists()
+    assert "TF_CONFIG is set but ignored" in result.output
 
 
 def test_strategy_choice_on_this_machine(monkeypatch):
@@ -45,7 +59,8 @@ def test_mirrored_strategy_trains_a_complete_run(image_folder, tmp_path):
     result = train(TrainConfig(str(image_folder), backbone="tiny", weights="none", image_size=32, epochs=1,
                                cache_views=2, fine_tune_epochs=1, batch_size=8, strategy="mirrored",
                                project=str(tmp_path)), quiet=True)
-    assert (result.run_dir / ".complete").exists() and 0 <= result.metrics["val_accuracy"] <= 1
+    assert (result.run_dir / ".complete").exists()
+    assert saved_model_figures(result.run_dir)[0] == pytest.approx(result.metrics["val_accuracy"])
 
 
 def _free_ports(n):
@@ -104,3 +119,4 @@ def test_two_workers_train_one_run(image_folder, tmp_path, weights):
     from tlcli.model import load_classifier
 
     assert load_classifier(run / "model.keras").output_shape == (None, 3)
+

@@ -46,8 +46,14 @@ def _tf_config() -> dict:
         raise TlcliError("TF_CONFIG is not valid JSON.") from None
 
 
-def is_chief() -> bool:
-    """True on the host that writes results: the 'chief' task, or worker 0 when there is none."""
+def is_chief(strategy=None) -> bool:
+    """True on the host that writes results: the 'chief' task, or worker 0 when there is none.
+
+    Worker roles exist only under `--strategy multiworker`: a TF_CONFIG left in the environment
+    must not make a single-host run act as a worker that throws its own run away.
+    """
+    if strategy is not None and not is_multiworker(strategy):
+        return True
     config = _tf_config()
     task = config.get("task") or {}
     if not task:
@@ -55,6 +61,13 @@ def is_chief() -> bool:
     if task.get("type") == "chief":
         return True
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in config.get("cluster", {})
+
+
+def ignored_tf_config(strategy) -> str | None:
+    """A warning when TF_CONFIG is set but the strategy does not use it."""
+    if os.environ.get("TF_CONFIG") and not is_multiworker(strategy):
+        return "TF_CONFIG is set but ignored: it takes effect only with --strategy multiworker."
+    return None
 
 
 def is_multiworker(strategy) -> bool:

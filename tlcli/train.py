@@ -64,13 +64,15 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         config = TrainConfig.from_dict(saved)
     config = config.resolve()
     strategy = distribute.make_strategy(config.strategy)  # first: multi-worker setup precedes other TF work
-    chief = distribute.is_chief()
+    chief = distribute.is_chief(strategy)
     quiet = quiet or not chief  # workers train in step with the chief but report nothing
     gpu = bool(tf.config.list_physical_devices("GPU"))
     mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
     xla = config.xla == "on" or (config.xla == "auto" and gpu)
     keras.utils.set_random_seed(config.seed)
     say = (lambda *a: None) if quiet else console.print
+    if note := distribute.ignored_tf_config(strategy):
+        say(f"[yellow]warning:[/] {note}")
 
     with checkpoint.GracefulStop() as stopper:
         try:
