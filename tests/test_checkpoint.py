@@ -86,6 +86,7 @@ def test_second_signal_stops_at_once():
 KILL_DRIVER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
+    import tlcli.callbacks as callbacks
     import tlcli.rundir as rundir
     import tlcli.train as train_module
     from tlcli.config import TrainConfig
@@ -98,7 +99,7 @@ KILL_DRIVER = textwrap.dedent("""
             if len(saves) == 2:  # the second save: its new file is half-way to replacing the old one
                 Path(sys.argv[3]).write_text(str(tmp))
                 time.sleep(60)
-    train_module.save_model = slow_save
+    callbacks.save_model = slow_save
     config = TrainConfig(sys.argv[1], backbone="tiny", weights="none", image_size=32, epochs=1, cache_views=1,
                          fine_tune_epochs=20, fine_tune_lr=0.05, batch_size=8, project=sys.argv[2])
     train_module.train(config, quiet=True)
@@ -154,3 +155,58 @@ def test_unwritable_project_folder_is_a_one_line_error(cli, image_folder, tmp_pa
     result = cli(["train", image_folder, "--backbone", "tiny", "--weights", "none", "--image-size", "32",
                   "--project", tmp_path / "a_file" / "runs"])
     assert result.exit_code == 2 and "cannot create a run folder" in result.output
+
+
+KILL_9_DRIVER = textwrap.dedent("""
+    import sys
+    from tlcli.config import TrainConfig
+    from tlcli.train import train
+
+    config = TrainConfig(sys.argv[1], backbone="tiny", weights="none", image_size=32, epochs=2, cache_views=1,
+                         fine_tune_epochs=40, batch_size=8, project=sys.argv[2])
+    train(config, quiet=True)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_in_phase_2_resumes_from_the_last_epoch(image_folder, tmp_path):
+    """No signal handler runs on SIGKILL: the per-epoch checkpoint and history are all there is."""
+    run = tmp_path / "runs" / "train"
+    process = subprocess.Popen([sys.executable, "-c", KILL_9_DRIVER, str(image_folder), str(tmp_path / "runs")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if json.loads((run / "last" / "state.json").read_text())["phase"] == 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        process.kill()
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    state = checkpoint.load_state(run)
+    assert state["phase"] == 2 and state["epoch"] >= 1 and state["best"] is not None
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert len(rows) >= len(state["history"]) >= 3  # written at every epoch end, not only at the end
+    assert (run / "curves.png").exists() and not (run / ".complete").exists()
+
+    from tlcli.train import train
+
+    result = train(resume=run, quiet=True)
+    assert [r["epoch"] for r in result.history] == list(range(1, 43))
+    assert [r["phase"] for r in result.history] == [1, 1] + [2] * 40
+    assert (run / ".complete").exists() and not (run / "last").exists()
+
+
+def test_a_kill_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path):
+    old = tmp_path / ".last.old"
+    old.mkdir()
+    (old / "state.json").write_text(json.dumps({"phase": 2, "epoch": 3, "history": [], "best": None}))
+    assert checkpoint.load_state(tmp_path)["epoch"] == 3
+    assert (tmp_path / "last" / "state.json").exists() and not old.exists()
+

@@ -120,3 +120,84 @@ def test_two_workers_train_one_run(image_folder, tmp_path, weights):
 
     assert load_classifier(run / "model.keras").output_shape == (None, 3)
 
+
+RESUME_DRIVER = """
+import hashlib, sys
+import numpy as np
+import tlcli.train as train_module
+from tlcli.train import train
+
+original = train_module._compile_phase2
+
+def compile_phase2(session, top, augmenter):
+    # The weights every replica starts phase 2 from, written where the test can compare them.
+    digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in session.classifier.get_weights()))
+    with open(sys.argv[2], "w") as f:
+        f.write(digest.hexdigest())
+    return original(session, top, augmenter)
+
+train_module._compile_phase2 = compile_phase2
+train(resume=sys.argv[1], quiet=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_resume_phase_2_from_the_same_best_weights(image_folder, tmp_path, monkeypatch):
+    """A multi-worker run interrupted in phase 1, after its best epoch: on resume every worker must
+    restore the same best weights before phase 2, not keep the last epoch's."""
+    import signal
+
+    import numpy as np
+
+    from tlcli import checkpoint
+    from tlcli import train as train_module
+    from tlcli.config import TrainConfig
+    from tlcli.errors import TlcliError
+
+    ports = _free_ports(2)
+    if ports is None:
+        pytest.skip("cannot bind ports on 127.0.0.1")
+    original = train_module.HistoryRecorder.on_epoch_end
+
+    def interrupt_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module.HistoryRecorder, "on_epoch_end", interrupt_after_first_epoch)
+    config = TrainConfig(str(image_folder), backbone="tiny", weights="none", image_size=32, epochs=2, cache_views=1,
+                         fine_tune_epochs=1, batch_size=8, project=str(tmp_path / "runs"))
+    with pytest.raises(TlcliError):
+        train_module.train(config, quiet=True)
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "train"
+    # Make the last weights differ from the best ones, and the best score unbeatable, so phase 2
+    # must start from the restored best weights on every worker.
+    from tlcli.model import build_classifier
+
+    model = build_classifier("tiny", 3, 32, "none")
+    model.load_weights(run / "last" / "classifier.weights.h5")
+    model.set_weights([w + 0.5 for w in model.get_weights()])
+    model.save_weights(run / "last" / "classifier.weights.h5")
+    state = json.loads((run / "last" / "state.json").read_text())
+    state["best"] = [1.0, 0.0]
+    (run / "last" / "state.json").write_text(json.dumps(state))
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "strategy": "multiworker"}))
+    assert checkpoint.best_weights(run) is not None
+
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen([sys.executable, "-c", RESUME_DRIVER, str(run), str(tmp_path / f"w{index}")],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [w.communicate(timeout=240) for w in workers]
+    except subprocess.TimeoutExpired:
+        for w in workers:
+            w.kill()
+        pytest.fail("multi-worker resume did not finish in time")
+    for w, (_, stderr) in zip(workers, outputs):
+        assert w.returncode == 0, stderr[-2000:]
+    assert (tmp_path / "w0").read_text() == (tmp_path / "w1").read_text()
+    assert (run / ".complete").exists()

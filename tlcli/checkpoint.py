@@ -1,7 +1,8 @@
 """Interrupting and resuming training without losing anything.
 
-The first Ctrl-C (SIGINT) or SIGTERM asks training to stop at the next safe point (after the
-current step); tlcli then saves a `last/` checkpoint beside the best model and exits 130. A
+Every epoch end writes a `last/` checkpoint beside the best model, so even a kill -9 loses at
+most one epoch. The first Ctrl-C (SIGINT) or SIGTERM asks training to stop at the next safe point
+(after the current step); tlcli then saves `last/` once more and exits 130. A
 second one stops at once; every file is written atomically, so nothing already written is harmed.
 `tlcli train --resume RUN` rebuilds the run from its config.json and continues from `last/`.
 """
@@ -23,6 +24,7 @@ LAST = "last"  # checkpoint folder inside the run
 STATE = "state.json"
 WEIGHTS = "classifier.weights.h5"
 OPTIMIZER = "optimizer.npz"
+BEST = "best_weights.npz"
 
 
 class StopRequested(Exception):
@@ -58,18 +60,27 @@ class GracefulStop:
             raise StopRequested
 
 
-def save_last(run: Path, classifier, optimizer, state: dict) -> None:
-    """Write `run/last/` (weights, optimizer state, phase/epoch/history) in one atomic rename."""
-    final, tmp = run / LAST, run / f".{LAST}.tmp"
+def save_last(run: Path, classifier, optimizer, state: dict, best_weights=None) -> None:
+    """Write `run/last/` (weights, optimizer state, best weights, phase/epoch/history) in one atomic rename.
+
+    Called at every epoch end, so a kill -9 at any moment leaves either the previous checkpoint
+    or the new one: `last/` itself, or `.last.old` for the instant between the two renames.
+    """
+    final, tmp, old = run / LAST, run / f".{LAST}.tmp", run / f".{LAST}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         classifier.save_weights(tmp / WEIGHTS)
         if optimizer is not None and optimizer.built:
             np.savez(tmp / OPTIMIZER, *[np.asarray(v) for v in optimizer.variables])
+        if best_weights is not None:
+            # Beside model.keras because that is written at most every 30 s: the best weights
+            # must match the best score in state.json, and every worker of a multi-worker
+            # resume must restore the same ones.
+            np.savez(tmp / BEST, *[np.asarray(w) for w in best_weights])
         (tmp / STATE).write_text(json.dumps(state, indent=2))
-        old = run / f".{LAST}.old"
         if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -79,6 +90,7 @@ def save_last(run: Path, classifier, optimizer, state: dict) -> None:
 
 def load_state(run: Path) -> dict:
     """The saved phase, epoch, history and best score of an interrupted run."""
+    _recover(Path(run))
     path = Path(run) / LAST / STATE
     if not path.is_file():
         if (Path(run) / ".complete").exists():
@@ -90,8 +102,24 @@ def load_state(run: Path) -> dict:
         raise TlcliError(f"'{path}' is damaged; cannot resume.") from None
 
 
+def _recover(run: Path) -> None:
+    """Put back the previous checkpoint if a kill landed between save_last's two renames."""
+    old = run / f".{LAST}.old"
+    if not (run / LAST).exists() and (old / STATE).is_file():
+        os.replace(old, run / LAST)
+
+
 def restore_weights(run: Path, classifier) -> None:
     classifier.load_weights(Path(run) / LAST / WEIGHTS)
+
+
+def best_weights(run: Path) -> list | None:
+    """The best weights saved with the checkpoint, or None for a checkpoint without them."""
+    path = Path(run) / LAST / BEST
+    if not path.is_file():
+        return None
+    saved = np.load(path)
+    return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 def restore_optimizer(run: Path, optimizer, variables) -> None:

@@ -3,7 +3,10 @@
     load images once -> split the classifier where phase 2's trainable part begins
     -> run the frozen stem once per view (tlcli.cache)
     -> phase 1: head on pooled features -> phase 2: unfrozen top + head on cached activations
-    -> best model, metrics, curves
+    -> finalize: best weights in a float32 model.keras, metrics, curves
+
+Each step is one function below (`_cache_step`, `_phase1`, `_phase2`, `_finalize`) sharing a
+`Session`; the Keras callbacks that record, keep the best and checkpoint live in tlcli.callbacks.
 
 Backbones trained from scratch (--weights none) have no BatchNorm statistics worth freezing, so
 their phase 2 runs end to end on freshly augmented images instead.
@@ -32,12 +35,13 @@ from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
 from tlcli.data import class_weights, load_folder, make_dataset
 from tlcli.errors import TlcliError
-from tlcli.model import (build_classifier, count_params, feature_model, freeze_backbone, head_model, load_classifier,
-                         pretrained, split_backbone, top_classifier, unfreeze_top)
-from tlcli.progress import Step, format_logs, make_progress
-from tlcli.rundir import create_run_dir, mark_complete, save_model, write_csv, write_json, write_text
+from tlcli.model import (build_classifier, count_params, feature_model, freeze_backbone, head_model,
+                         load_classifier, pretrained, split_backbone, top_classifier, unfreeze_top)
+from tlcli.callbacks import (BestKeeper, EpochBars, EpochCheckpoint, HistoryRecorder, StopCheck,
+                             save_checkpoint, write_history)
+from tlcli.progress import Step, make_progress
+from tlcli.rundir import create_run_dir, mark_complete, write_csv, write_json, write_text
 
-HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 CACHE_DIR = ".cache"  # inside the run folder; removed when training ends
 
 
@@ -103,8 +107,11 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
                 else:
                     say(f"Run directory: [bold]{run}[/]" + ("  (GPU" + (", mixed precision" if mixed else "") +
                                                             (", XLA" if xla else "") + ")" if gpu else ""))
+                session = Session(config, data, classifier, run, console, quiet, xla, stopper, strategy, chief,
+                                  state or {"phase": 1, "epoch": 0, "history": [], "best": None, "best_epoch": None},
+                                  resumed=state is not None)
                 try:
-                    return _fit(config, data, classifier, run, console, quiet, xla, stopper, state, strategy, chief)
+                    return _fit(session)
                 finally:
                     shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
                     if not chief:
@@ -133,114 +140,178 @@ def _open_run(config: TrainConfig, data, chief: bool, resume: Path | None, say) 
     return run
 
 
-def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Console, quiet: bool,
-         xla: bool, stopper: checkpoint.GracefulStop, state: dict | None, strategy, chief: bool) -> TrainResult:
-    say = (lambda *a: None) if quiet else progress_console.print
-    resumed = state is not None
-    state = state or {"phase": 1, "epoch": 0, "history": [], "best": None, "best_epoch": None}
-    n_classes = len(data.class_names)
-    weights = class_weights(data.train.labels, n_classes) if config.class_weights == "auto" else None
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+@dataclass
+class Session:
+    """What every step of one training run shares."""
+
+    config: TrainConfig
+    data: object  # tlcli.data.Folder
+    classifier: keras.Model
+    run: Path
+    console: Console
+    quiet: bool
+    xla: bool
+    stopper: checkpoint.GracefulStop
+    strategy: object
+    chief: bool
+    state: dict  # phase, epoch, history, best, best_epoch: fresh, or from last/ when resuming
+    resumed: bool = False
+    seconds: dict = field(default_factory=dict)
+    throughput: dict = field(default_factory=dict)
+
+    def say(self, *args) -> None:
+        if not self.quiet:
+            self.console.print(*args)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.data.class_names)
+
+    def onehot(self, labels) -> np.ndarray:
+        return np.eye(self.n_classes, dtype=np.float32)[labels]
+
+
+def _fit(s: Session) -> TrainResult:
+    """cache -> phase 1 -> phase 2 -> finalize; on interruption, a resumable checkpoint."""
+    config = s.config
+    history: list[dict] = s.state["history"]
+    keeper = BestKeeper(s.classifier, s.run / "model.keras", s.state["best"], s.state["best_epoch"], len(history),
+                        saver=float32_saver(s.classifier), best_weights=_saved_best(s))
+    weights = class_weights(s.data.train.labels, s.n_classes) if config.class_weights == "auto" else None
     augmenter = build_augmenter(config.augment, config.image_size, config.seed)
-    history: list[dict] = state["history"]
-    keeper = BestKeeper(classifier, run / "model.keras", state["best"], state["best_epoch"], len(history))
-    if state["best"] is not None and (run / "model.keras").exists():
-        keeper.best_weights = load_classifier(run / "model.keras").get_weights()
-    stop_check = StopCheck(stopper)
-    seconds: dict[str, float] = {}
-    throughput: dict[str, float] = {}
-    to_onehot = np.eye(n_classes, dtype=np.float32)
-
-    # Phase 2 trains on cached activations only when BatchNorm is frozen (pretrained weights);
-    # otherwise the stem is the whole frozen feature extractor and phase 2 runs end to end.
-    cached_phase2 = config.fine_tune_epochs > 0 and pretrained(config.weights)
-    freeze_backbone(classifier)
-    stem, top = split_backbone(classifier, config.unfreeze) if cached_phase2 else (feature_model(classifier), None)
-    cached_phase2 = cached_phase2 and top is not None
-
-    phase, trainer = state["phase"], None
+    phase, trainer = s.state["phase"], None
     try:
-        # ---- the frozen stem, once per view
-        start = time.perf_counter()
-        with make_progress(progress_console, quiet) as progress:
-            step = Step(progress, "Caching", check=stopper.check)
-            step.start(len(data.train) * config.cache_views + len(data.val))
-            activations = cache.compute(stem, augmenter, data.train.images, data.train.labels, data.val.images,
-                                        data.val.labels, config.cache_views, config.batch_size,
-                                        config.cache_ram_gb * 2**30, run / CACHE_DIR, step)
-            train_x, val_x = cache.pooled_features(top, activations, config.batch_size)
-            step.done(f"{config.cache_views} view(s) in {activations.seconds:.1f}s"
-                      + (" (spilled to disk)" if activations.spilled else ""))
-
-            # ---- phase 1: the head, on pooled features of every cached view
-            if phase == 1:
-                trainer = head_model(classifier)
-                trainer.compile(optimizer=keras.optimizers.Adam(config.lr), loss=loss, metrics=["accuracy"],
-                                jit_compile=xla)
-                if resumed:
-                    checkpoint.restore_optimizer(run, trainer.optimizer, trainer.trainable_variables)
-                distribute.prepare_for_fit(trainer, strategy)
-                trainer.fit(
-                    train_x, to_onehot[np.tile(data.train.labels, config.cache_views)],
-                    batch_size=config.batch_size, epochs=config.epochs, initial_epoch=state["epoch"], shuffle=True,
-                    class_weight=weights, validation_data=(val_x, to_onehot[data.val.labels]), verbose=0,
-                    callbacks=[stop_check,
-                               EpochBars(progress, "Head", config.epochs, -(-len(train_x) // config.batch_size)),
-                               HistoryRecorder(history, phase=1, lr=config.lr), keeper,
-                               *_worker_backup(strategy, run, 1)],
-                )
-        seconds["phase1"] = time.perf_counter() - start
-        throughput["phase1_images_per_second"] = (len(train_x) + len(val_x)) / seconds["phase1"]
-
-        # ---- phase 2: the top of the backbone and the head, at a lower learning rate
+        stem, top, activations, pooled = _cache_step(s, augmenter)
+        if phase == 1:
+            trainer = _phase1(s, keeper, pooled, weights)
         if config.fine_tune_epochs > 0:
             if phase == 1:
                 keeper.restore()  # continue from the best head, not the last one
-            resuming_phase2, phase = resumed and phase == 2, 2
-            unfrozen = unfreeze_top(classifier, config.unfreeze, freeze_batchnorm=pretrained(config.weights))
-            trainable, frozen = count_params(classifier)
-            say(f"Fine-tuning the top {unfrozen} backbone layers ({trainable:,} trainable / {frozen:,} frozen "
-                f"parameters)" + ("" if cached_phase2 else ", end to end"))
-            if cached_phase2:
-                trainer = top_classifier(top, classifier)
-                train_data = cache.RandomViews(activations, n_classes, config.batch_size, config.seed, weights)
-                val_data = (activations.val, to_onehot[data.val.labels])
-                fit_weights = None  # RandomViews yields the class weights as sample weights
-            else:
-                trainer = keras.Sequential([augmenter, classifier], name="trainer")
-                train_data = make_dataset(data.train, n_classes, config.batch_size, shuffle=True, seed=config.seed)
-                val_data = make_dataset(data.val, n_classes, config.batch_size, shuffle=False)
-                fit_weights = weights
-            trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=loss, metrics=["accuracy"],
-                            jit_compile=xla)
+            resuming_phase2, phase = s.resumed and phase == 2, 2
+            trainer = _compile_phase2(s, top, augmenter)
             if resuming_phase2:
-                checkpoint.restore_optimizer(run, trainer.optimizer, trainer.trainable_variables)
-            distribute.prepare_for_fit(trainer, strategy)
-            start = time.perf_counter()
-            with make_progress(progress_console, quiet) as progress:
-                trainer.fit(
-                    train_data, validation_data=val_data, validation_batch_size=config.batch_size if cached_phase2 else None,
-                    epochs=config.fine_tune_epochs, initial_epoch=state["epoch"] if resuming_phase2 else 0,
-                    class_weight=fit_weights, verbose=0, shuffle=False,
-                    callbacks=[stop_check,
-                               EpochBars(progress, "Tune", config.fine_tune_epochs,
-                                         -(-len(data.train) // config.batch_size), first_epoch=config.epochs),
-                               HistoryRecorder(history, phase=2, lr=config.fine_tune_lr, offset=config.epochs),
-                               keeper, *_worker_backup(strategy, run, 2)],
-                )
-            seconds["phase2"] = time.perf_counter() - start
-            throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / seconds["phase2"]
+                checkpoint.restore_optimizer(s.run, trainer.optimizer, trainer.trainable_variables)
+            _phase2(s, keeper, trainer, activations, weights, cached=top is not None)
     except checkpoint.StopRequested:
         keeper.flush()
-        done_in_phase = sum(1 for row in history if row["phase"] == phase)
-        checkpoint.save_last(run, classifier, trainer.optimizer if trainer is not None else None,
-                             {"phase": phase, "epoch": done_in_phase, "history": history, "best": keeper.best,
-                              "best_epoch": keeper.best_epoch})
-        _write_history(run, history)
-        kept = f"the best model so far is in {run / 'model.keras'}; " if keeper.best is not None else ""
-        raise TlcliError(f"interrupted: {kept}continue with `tlcli train --resume {run}`.", exit_code=130) from None
+        save_checkpoint(s.run, s.classifier, trainer.optimizer if trainer is not None else None, phase, history, keeper)
+        write_history(s.run, history)
+        kept = f"the best model so far is in {s.run / 'model.keras'}; " if keeper.best is not None else ""
+        raise TlcliError(f"interrupted: {kept}continue with `tlcli train --resume {s.run}`.", exit_code=130) from None
+    return _finalize(s, keeper)
 
+
+def _saved_best(s: Session) -> list | None:
+    """A resumed run's best weights: from its checkpoint, else (older checkpoints) from model.keras."""
+    if not s.resumed or s.state["best"] is None:
+        return None
+    saved = checkpoint.best_weights(s.run)
+    if saved is None and (s.run / "model.keras").exists():
+        saved = load_classifier(s.run / "model.keras").get_weights()
+    return saved
+
+
+def _cache_step(s: Session, augmenter):
+    """Split the classifier and run its frozen stem once per view of every image.
+
+    Phase 2 trains on cached activations only when BatchNorm is frozen (pretrained weights);
+    otherwise the stem is the whole frozen feature extractor and phase 2 runs end to end.
+    Returns (stem, top or None, activations, (pooled train, pooled val)).
+    """
+    config, data = s.config, s.data
+    freeze_backbone(s.classifier)
+    cached_phase2 = config.fine_tune_epochs > 0 and pretrained(config.weights)
+    stem, top = split_backbone(s.classifier, config.unfreeze) if cached_phase2 else (feature_model(s.classifier), None)
+    start = time.perf_counter()
+    with make_progress(s.console, s.quiet) as progress:
+        step = Step(progress, "Caching", check=s.stopper.check)
+        step.start(len(data.train) * config.cache_views + len(data.val))
+        activations = cache.compute(stem, augmenter, data.train.images, data.train.labels, data.val.images,
+                                    data.val.labels, config.cache_views, config.batch_size,
+                                    config.cache_ram_gb * 2**30, s.run / CACHE_DIR, step)
+        pooled = cache.pooled_features(top, activations, config.batch_size)
+        step.done(f"{config.cache_views} view(s) in {activations.seconds:.1f}s"
+                  + (" (spilled to disk)" if activations.spilled else ""))
+    s.seconds["cache"] = time.perf_counter() - start
+    return stem, top, activations, pooled
+
+
+def _callbacks(s: Session, keeper: BestKeeper, progress, phase: int, label: str, epochs: int, steps: int,
+               lr: float, offset: int) -> list:
+    history = s.state["history"]
+    return [StopCheck(s.stopper), EpochBars(progress, label, epochs, steps, first_epoch=offset),
+            HistoryRecorder(history, phase=phase, lr=lr, offset=offset), keeper,
+            EpochCheckpoint(s.run, s.classifier, keeper, history, phase), *_worker_backup(s.strategy, s.run, phase)]
+
+
+def _phase1(s: Session, keeper: BestKeeper, pooled, weights) -> keras.Model:
+    """The head alone, on the pooled features of every cached view."""
+    config, data = s.config, s.data
+    train_x, val_x = pooled
+    trainer = head_model(s.classifier)
+    trainer.compile(optimizer=keras.optimizers.Adam(config.lr), loss=_loss(config), metrics=["accuracy"],
+                    jit_compile=s.xla)
+    if s.resumed:
+        checkpoint.restore_optimizer(s.run, trainer.optimizer, trainer.trainable_variables)
+    distribute.prepare_for_fit(trainer, s.strategy)
+    start = time.perf_counter()
+    with make_progress(s.console, s.quiet) as progress:
+        trainer.fit(
+            train_x, s.onehot(np.tile(data.train.labels, config.cache_views)),
+            batch_size=config.batch_size, epochs=config.epochs, initial_epoch=s.state["epoch"], shuffle=True,
+            class_weight=weights, validation_data=(val_x, s.onehot(data.val.labels)), verbose=0,
+            callbacks=_callbacks(s, keeper, progress, 1, "Head", config.epochs,
+                                 -(-len(train_x) // config.batch_size), config.lr, 0),
+        )
+    s.seconds["phase1"] = time.perf_counter() - start + s.seconds.pop("cache", 0.0)
+    s.throughput["phase1_images_per_second"] = (len(train_x) + len(val_x)) / s.seconds["phase1"]
+    return trainer
+
+
+def _compile_phase2(s: Session, top, augmenter) -> keras.Model:
+    """Unfreeze the top of the backbone; the trainer runs on cached activations or end to end."""
+    config = s.config
+    unfrozen = unfreeze_top(s.classifier, config.unfreeze, freeze_batchnorm=pretrained(config.weights))
+    trainable, frozen = count_params(s.classifier)
+    s.say(f"Fine-tuning the top {unfrozen} backbone layers ({trainable:,} trainable / {frozen:,} frozen "
+          f"parameters)" + ("" if top is not None else ", end to end"))
+    trainer = top_classifier(top, s.classifier) if top is not None else \
+        keras.Sequential([augmenter, s.classifier], name="trainer")
+    trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=_loss(config), metrics=["accuracy"],
+                    jit_compile=s.xla)
+    return trainer
+
+
+def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, weights, cached: bool) -> None:
+    """The top of the backbone and the head, at the lower fine-tuning rate."""
+    config, data = s.config, s.data
+    if cached:
+        train_data = cache.RandomViews(activations, s.n_classes, config.batch_size, config.seed, weights)
+        val_data = (activations.val, s.onehot(data.val.labels))
+        weights = None  # RandomViews yields the class weights as sample weights
+    else:
+        train_data = make_dataset(data.train, s.n_classes, config.batch_size, shuffle=True, seed=config.seed)
+        val_data = make_dataset(data.val, s.n_classes, config.batch_size, shuffle=False)
+    distribute.prepare_for_fit(trainer, s.strategy)
+    resuming = s.resumed and s.state["phase"] == 2
+    start = time.perf_counter()
+    with make_progress(s.console, s.quiet) as progress:
+        trainer.fit(
+            train_data, validation_data=val_data, validation_batch_size=config.batch_size if cached else None,
+            epochs=config.fine_tune_epochs, initial_epoch=s.state["epoch"] if resuming else 0,
+            class_weight=weights, verbose=0, shuffle=False,
+            callbacks=_callbacks(s, keeper, progress, 2, "Tune", config.fine_tune_epochs,
+                                 -(-len(data.train) // config.batch_size), config.fine_tune_lr, config.epochs),
+        )
+    s.seconds["phase2"] = time.perf_counter() - start
+    s.throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / s.seconds["phase2"]
+
+
+def _finalize(s: Session, keeper: BestKeeper) -> TrainResult:
+    """The best weights in model.keras (float32 whatever the training policy), metrics, history."""
     keeper.restore()
+    keeper.flush()
+    history, data = s.state["history"], s.data
     # The best epoch's validation figures are those of model.keras: the cached stem computes
     # exactly what the full model does (tests check this against model.keras on the images).
     val_accuracy, val_loss = keeper.best[0], -keeper.best[1]
@@ -252,18 +323,31 @@ def _fit(config: TrainConfig, data, classifier, run: Path, progress_console: Con
         "n_val": len(data.val),
         "n_test": len(data.test) if data.test else 0,
         "n_skipped": len(data.skipped),
-        "n_classes": n_classes,
-        "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(sum(seconds.values()), 2)},
-        **{k: round(v, 1) for k, v in throughput.items()},
+        "n_classes": s.n_classes,
+        "seconds": {**{k: round(v, 2) for k, v in s.seconds.items()}, "total": round(sum(s.seconds.values()), 2)},
+        **{k: round(v, 1) for k, v in s.throughput.items()},
         "peak_memory_mb": round(peak_memory_mb(), 1),
-        "resumed": resumed,
+        "resumed": s.resumed,
     }
-    _write_history(run, history)
-    write_json(run / "metrics.json", metrics)
-    checkpoint.remove_last(run)
-    if chief:
-        mark_complete(run)
-    return TrainResult(run, metrics, history)
+    write_history(s.run, history)
+    write_json(s.run / "metrics.json", metrics)
+    checkpoint.remove_last(s.run)
+    if s.chief:
+        mark_complete(s.run)
+    return TrainResult(s.run, metrics, history)
+
+
+def _loss(config: TrainConfig):
+    return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+
+
+def float32_saver(classifier: keras.Model) -> keras.Model:
+    """The model written to model.keras: the classifier, or a float32 twin of a mixed-precision one."""
+    if all(layer.dtype_policy.name == "float32" for layer in classifier.layers):
+        return classifier
+    from tlcli.model import float32_copy
+
+    return float32_copy(classifier)
 
 
 def _worker_backup(strategy, run: Path, phase: int) -> list:
@@ -271,107 +355,6 @@ def _worker_backup(strategy, run: Path, phase: int) -> list:
     if not distribute.is_multiworker(strategy):
         return []
     return [keras.callbacks.BackupAndRestore(str(run / CACHE_DIR / f"backup_phase{phase}"))]
-
-
-def _write_history(run: Path, history: list[dict]) -> None:
-    write_csv(run / "history.csv", HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in history])
-    if history:
-        from tlcli.plots import plot_curves
-
-        plot_curves(history, run / "curves.png")
-
-
-class StopCheck(keras.callbacks.Callback):
-    """A safe point after every training step: stops there once an interruption was requested."""
-
-    def __init__(self, stopper: checkpoint.GracefulStop):
-        super().__init__()
-        self.stopper = stopper
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.stopper.check()
-
-
-class BestKeeper(keras.callbacks.Callback):
-    """Keeps the best classifier on validation (accuracy, then loss) in memory and in model.keras.
-
-    Writing a large model takes a while, so an improvement is written at most every
-    `every_seconds`; `flush()` (at the end of each phase and on interruption) writes any pending one.
-    """
-
-    def __init__(self, classifier, path: Path, best=None, best_epoch=None, epochs_seen: int = 0,
-                 every_seconds: float = 30.0):
-        super().__init__()
-        self.classifier, self.path, self.every = classifier, path, every_seconds
-        self.best = tuple(best) if best is not None else None  # (val_accuracy, -val_loss)
-        self.best_weights = None
-        self.best_epoch = best_epoch
-        self.epochs_seen = epochs_seen  # across both phases
-        # The first write waits like the others: an early best is soon replaced, and each write costs.
-        self.pending, self.last_write = False, time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs_seen += 1
-        score = (float(logs["val_accuracy"]), -float(logs["val_loss"]))
-        if self.best is None or score > self.best:
-            self.best, self.best_epoch = score, self.epochs_seen
-            self.best_weights = self.classifier.get_weights()
-            self.pending = True
-            if time.monotonic() - self.last_write >= self.every:
-                self.flush()
-
-    def on_train_end(self, logs=None):
-        self.flush()
-
-    def flush(self) -> None:
-        """Write the best model if a newer one than on disk is waiting."""
-        if not self.pending:
-            return
-        current = self.classifier.get_weights()
-        self.classifier.set_weights(self.best_weights)
-        save_model(self.classifier, self.path)
-        self.classifier.set_weights(current)
-        self.pending, self.last_write = False, time.monotonic()
-
-    def restore(self) -> None:
-        if self.best_weights is not None:
-            self.classifier.set_weights(self.best_weights)
-
-
-class EpochBars(keras.callbacks.Callback):
-    """One rich progress bar per epoch with live loss and accuracy, instead of Keras's log."""
-
-    def __init__(self, progress, phase: str, epochs: int, steps: int, first_epoch: int = 0):
-        super().__init__()
-        self.progress, self.phase, self.epochs, self.steps, self.first = progress, phase, epochs, steps, first_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        label = f"{self.phase} {self.first + epoch + 1}/{self.first + self.epochs}"
-        self.task = self.progress.add_task(label, total=self.steps, info="")
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.progress.update(self.task, completed=batch + 1, info=format_logs(logs))
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.progress.update(self.task, completed=self.steps, info=format_logs(logs))
-        self.progress.stop_task(self.task)
-
-
-class HistoryRecorder(keras.callbacks.Callback):
-    """Appends one row per epoch (both phases) to a shared list, for history.csv and the curves."""
-
-    def __init__(self, rows: list, phase: int, lr: float, offset: int = 0):
-        super().__init__()
-        self.rows, self.phase, self.lr, self.offset = rows, phase, lr, offset
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": self.offset + epoch + 1, "phase": self.phase, "lr": self.lr,
-               "seconds": round(time.perf_counter() - self.started, 3)}
-        row.update({k: round(float(logs[k]), 5) for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
-        self.rows.append(row)
 
 
 def peak_memory_mb() -> float:

@@ -1,0 +1,154 @@
+"""The Keras callbacks that `tlcli.train` hangs on every fit: progress bars, history, the best
+model, the per-epoch checkpoint and the safe points where Ctrl-C takes effect.
+
+Imported only by the commands that train: importing it imports Keras.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+
+from tlcli import checkpoint
+from tlcli.progress import format_logs
+from tlcli.rundir import save_model, write_csv
+
+HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+class StopCheck(keras.callbacks.Callback):
+    """A safe point after every training step: stops there once an interruption was requested."""
+
+    def __init__(self, stopper: checkpoint.GracefulStop):
+        super().__init__()
+        self.stopper = stopper
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.stopper.check()
+
+
+class BestKeeper(keras.callbacks.Callback):
+    """Keeps the best classifier on validation (accuracy, then loss) in memory and in model.keras.
+
+    Writing a large model takes a while, so an improvement is written at most every
+    `every_seconds`; `flush()` (at the end of each phase and on interruption) writes any pending one.
+    `saver` is the model written to disk: the classifier itself, or its float32 twin when the
+    classifier computes in mixed precision (a saved model must compute what it was trained to).
+    """
+
+    def __init__(self, classifier, path: Path, best=None, best_epoch=None, epochs_seen: int = 0,
+                 every_seconds: float = 30.0, saver=None, best_weights=None):
+        super().__init__()
+        self.classifier, self.path, self.every = classifier, path, every_seconds
+        self.saver = saver if saver is not None else classifier
+        self.best = tuple(best) if best is not None else None  # (val_accuracy, -val_loss)
+        self.best_weights = best_weights
+        self.best_epoch = best_epoch
+        self.epochs_seen = epochs_seen  # across both phases
+        # The first write waits like the others: an early best is soon replaced, and each write costs.
+        self.pending, self.last_write = False, time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs_seen += 1
+        score = (float(logs["val_accuracy"]), -float(logs["val_loss"]))
+        if self.best is None or score > self.best:
+            self.best, self.best_epoch = score, self.epochs_seen
+            self.best_weights = self.classifier.get_weights()
+            self.pending = True
+            if time.monotonic() - self.last_write >= self.every:
+                self.flush()
+
+    def on_train_end(self, logs=None):
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the best model if a newer one than on disk is waiting."""
+        if not self.pending:
+            return
+        current = self.saver.get_weights()
+        self.saver.set_weights(self.best_weights)
+        save_model(self.saver, self.path)
+        self.saver.set_weights(current)
+        self.pending, self.last_write = False, time.monotonic()
+
+    def restore(self) -> None:
+        if self.best_weights is not None:
+            self.classifier.set_weights(self.best_weights)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: history.csv, curves.png and a resumable `last/` checkpoint.
+
+    A kill -9 or an out-of-memory kill then costs at most the epoch in progress. curves.png is
+    redrawn at most every `plot_every` seconds (matplotlib is slow next to a short cached epoch);
+    `write_history` draws it for sure.
+    """
+
+    def __init__(self, run: Path, classifier, keeper: BestKeeper, history: list[dict], phase: int,
+                 plot_every: float = 10.0):
+        super().__init__()
+        self.run, self.classifier, self.keeper, self.history = run, classifier, keeper, history
+        self.phase, self.plot_every = phase, plot_every
+        self.last_plot = -float("inf")
+
+    def on_epoch_end(self, epoch, logs=None):
+        plot = time.monotonic() - self.last_plot >= self.plot_every
+        write_history(self.run, self.history, plot=plot)
+        if plot:
+            self.last_plot = time.monotonic()
+        save_checkpoint(self.run, self.classifier, self.model.optimizer, self.phase, self.history, self.keeper)
+
+
+def save_checkpoint(run: Path, classifier, optimizer, phase: int, history: list[dict], keeper: BestKeeper) -> None:
+    """Everything `train --resume` needs to continue after the epochs recorded in `history`."""
+    done_in_phase = sum(1 for row in history if row["phase"] == phase)
+    checkpoint.save_last(run, classifier, optimizer,
+                         {"phase": phase, "epoch": done_in_phase, "history": history, "best": keeper.best,
+                          "best_epoch": keeper.best_epoch},
+                         best_weights=keeper.best_weights)
+
+
+def write_history(run: Path, history: list[dict], plot: bool = True) -> None:
+    write_csv(run / "history.csv", HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in history])
+    if history and plot:
+        from tlcli.plots import plot_curves
+
+        plot_curves(history, run / "curves.png")
+
+
+class EpochBars(keras.callbacks.Callback):
+    """One rich progress bar per epoch with live loss and accuracy, instead of Keras's log."""
+
+    def __init__(self, progress, phase: str, epochs: int, steps: int, first_epoch: int = 0):
+        super().__init__()
+        self.progress, self.phase, self.epochs, self.steps, self.first = progress, phase, epochs, steps, first_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        label = f"{self.phase} {self.first + epoch + 1}/{self.first + self.epochs}"
+        self.task = self.progress.add_task(label, total=self.steps, info="")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.progress.update(self.task, completed=batch + 1, info=format_logs(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.update(self.task, completed=self.steps, info=format_logs(logs))
+        self.progress.stop_task(self.task)
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Appends one row per epoch (both phases) to a shared list, for history.csv and the curves."""
+
+    def __init__(self, rows: list, phase: int, lr: float, offset: int = 0):
+        super().__init__()
+        self.rows, self.phase, self.lr, self.offset = rows, phase, lr, offset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": self.offset + epoch + 1, "phase": self.phase, "lr": self.lr,
+               "seconds": round(time.perf_counter() - self.started, 3)}
+        row.update({k: round(float(logs[k]), 5) for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
+        self.rows.append(row)
