@@ -210,3 +210,25 @@ def test_a_kill_between_the_two_renames_keeps_the_previous_checkpoint(tmp_path):
     assert checkpoint.load_state(tmp_path)["epoch"] == 3
     assert (tmp_path / "last" / "state.json").exists() and not old.exists()
 
+
+def test_resume_after_the_data_moved(image_folder, tmp_path, monkeypatch):
+    """The error says what to pass; passing the new place resumes and is remembered in config.json."""
+    import shutil
+
+    from tlcli.train import train
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    _interrupt_at(monkeypatch, 2)
+    with pytest.raises(TlcliError):
+        train(_config(data, tmp_path / "runs", epochs=2, fine_tune_epochs=1), quiet=True)
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "train"
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(data)
+    moved = data.rename(tmp_path / "moved")
+    with pytest.raises(TlcliError) as error:
+        train(resume=run, quiet=True)
+    assert str(data) in str(error.value) and f"--resume {run} NEW_DATA_DIR" in str(error.value)
+    result = train(resume=run, data_dir=moved, quiet=True)
+    assert (run / ".complete").exists() and len(result.history) == 3
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(moved)

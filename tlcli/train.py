@@ -15,6 +15,7 @@ Imported only by the commands that train: importing it imports TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import resource
@@ -53,11 +54,12 @@ class TrainResult:
 
 
 def train(config: TrainConfig | None = None, console: Console | None = None, quiet: bool = False,
-          resume: str | Path | None = None) -> TrainResult:
+          resume: str | Path | None = None, data_dir: str | Path | None = None) -> TrainResult:
     """Fine-tune `config.backbone` on `config.data_dir` and leave a complete run directory.
 
     With `resume` (an interrupted run folder), the run's own config.json is used and training
-    continues from its `last/` checkpoint in the same phase and epoch.
+    continues from its `last/` checkpoint in the same phase and epoch; `data_dir` then says
+    where the run's images are now, if they moved.
     """
     console = console or Console(stderr=True)
     state = saved = None
@@ -65,7 +67,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         resume = Path(resume)
         state = checkpoint.load_state(resume)
         saved = json.loads((resume / "config.json").read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(saved)
+        config = _locate_data(TrainConfig.from_dict(saved), resume, data_dir)
     config = config.resolve()
     strategy = distribute.make_strategy(config.strategy)  # first: multi-worker setup precedes other TF work
     chief = distribute.is_chief(strategy)
@@ -88,6 +90,8 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
             raise TlcliError("interrupted before training started; nothing was written.", exit_code=130) from None
         if saved is not None and data.class_names != saved["class_names"]:
             raise TlcliError(f"the classes in {config.data_dir} changed since {resume} started; cannot resume.")
+        if saved is not None and chief and saved["data_dir"] != config.data_dir:
+            write_json(resume / "config.json", {**saved, "data_dir": config.data_dir})  # export and evaluate follow
         for note in data.warnings:
             say(f"[yellow]warning:[/] {note}")
         if data.skipped:
@@ -118,6 +122,16 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
                         shutil.rmtree(run, ignore_errors=True)
         finally:
             keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+def _locate_data(config: TrainConfig, run: Path, data_dir: str | Path | None) -> TrainConfig:
+    """The resumed run's config, pointed at `data_dir` when given; a one-line error if the data is gone."""
+    if data_dir is not None:
+        return dataclasses.replace(config, data_dir=str(data_dir))
+    if "://" not in config.data_dir and not Path(config.data_dir).is_dir():
+        raise TlcliError(f"the images of {run} were in {config.data_dir}, which is gone; if they moved, "
+                         f"pass their new place: tlcli train --resume {run} NEW_DATA_DIR")
+    return config
 
 
 def _open_run(config: TrainConfig, data, chief: bool, resume: Path | None, say) -> Path:
