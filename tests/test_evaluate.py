@@ -77,7 +77,7 @@ def _metrics(folder: Path) -> dict:
 
 
 def test_evaluate_writes_outputs_and_agrees_with_a_hand_computation(cli, run, tmp_path):
-    from tlcli.data import load_image
+    from tlcli.images import load_image
     from tlcli.model import load_classifier
 
     data = make_folder(tmp_path / "tiny", per_class=2, seed=7)

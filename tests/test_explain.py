@@ -300,7 +300,7 @@ def test_evaluate_explain_puts_heatmaps_beside_the_mistakes(cli, trained_run, im
 
 
 def test_with_heatmaps_sets_each_image_beside_its_heatmap(trained_run, image_folder):
-    from tlcli.data import load_image
+    from tlcli.images import load_image
     from tlcli.explain import with_heatmaps
     from tlcli.model import load_classifier
 

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import hostile
-from tlcli import data as tlcli_data
-from tlcli.data import ImageError, load_folder, load_image, load_images
+from tlcli import images as tlcli_images
+from tlcli.data import load_folder
+from tlcli.images import ImageError, load_image, load_images
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -193,7 +194,7 @@ def huge(tmp_path_factory):
 _MEASURE = textwrap.dedent("""
     import resource, sys
     from PIL import Image
-    from tlcli.data import load_image, load_images
+    from tlcli.images import load_image, load_images
 
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
@@ -237,7 +238,7 @@ def test_pillows_bomb_guard_is_lifted_only_for_tlcli_and_restored(tmp_path, monk
 
 
 def test_tlcli_limit_applies_to_the_size_really_decoded(tmp_path, monkeypatch):
-    monkeypatch.setattr(tlcli_data, "MAX_PIXELS", 10_000)
+    monkeypatch.setattr(tlcli_images, "MAX_PIXELS", 10_000)
     Image.new("RGB", (800, 800)).save(tmp_path / "big.png")
     Image.new("RGB", (800, 800)).save(tmp_path / "big.jpg")
     with pytest.raises(ImageError, match="too large: 800x800"):
