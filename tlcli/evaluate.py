@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from tlcli.data import SPLIT_NAMES, ImageError, detect_layout, discover, load_folder, load_image
+from tlcli.data import SPLIT_NAMES, detect_layout, discover, load_folder
 from tlcli.errors import TlcliError
+from tlcli.images import ImageError, load_image
 from tlcli.predict import classify, classify_arrays, open_predictor
 from tlcli.progress import Step, make_progress
-from tlcli.rundir import ModelRef, write_csv, write_json
+from tlcli.rundir import ModelRef, owning_run, write_csv, write_json
 
 SPLITS = (*SPLIT_NAMES, "all")
 _EPSILON = 1e-7  # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; so do we
@@ -197,17 +198,6 @@ def _match_labels(found: list[str], labels: list[str], where: str) -> dict[str, 
         raise TlcliError(f"{where} does not match the model's labels ({'; '.join(parts)}). "
                          f"The model knows: {', '.join(labels)}.")
     return {name: labels.index(name) for name in found}
-
-
-def owning_run(ref: ModelRef) -> Path | None:
-    """The run folder a model belongs to: its own, or the one above an export folder."""
-    if ref.run_dir is not None:
-        return ref.run_dir
-    folder = ref.path.parent
-    for candidate in (folder, folder.parent):
-        if (candidate / "config.json").is_file() and (candidate / "labels.txt").is_file():
-            return candidate
-    return None
 
 
 def default_output(ref: ModelRef) -> Path:

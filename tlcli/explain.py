@@ -8,7 +8,7 @@ without its top, so its output is its last conv feature map), or the map just be
 the backbone ends in a parameter-free pooling layer (VGG's block5_pool), for twice the detail.
 No per-backbone configuration is needed: `feature_layer` finds it in any backbone.
 
-The heatmap is computed on exactly what the model sees (`tlcli.data.load_image`, which squashes
+The heatmap is computed on exactly what the model sees (`tlcli.images.load_image`, which squashes
 the image to a square) and stretched back over the original image, each cell placed where its
 receptive field is centred (`cell_geometry`: one-sided "same" padding moves it by up to half a
 cell, 16 px at 224, which a plain stretch gets wrong).
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlcli.data import ImageError, load_images
+from tlcli.images import ImageError, load_images
 from tlcli.errors import TlcliError, unknown_name
-from tlcli.rundir import ModelRef, atomic_path
+from tlcli.rundir import ModelRef, atomic_path, owning_run
 
 MAX_SIDE = 1024  # originals are shown at most this large (longest side) in the PNGs
 MIN_SIDE = 256  # smaller originals are enlarged (whole pixels) so the label stays readable
@@ -44,7 +44,7 @@ def require_keras(ref: ModelRef) -> None:
     if ref.kind == "keras":
         return
     what = {"tflite": "a .tflite model", "savedmodel": "a SavedModel"}.get(ref.kind, f"a {ref.kind} model")
-    run = _owning_run(ref)
+    run = owning_run(ref)
     hint = f"--model {run}" if run is not None and (run / "model.keras").is_file() else "--model RUN or a .keras file"
     raise TlcliError(f"explanations need the Keras model (they use its gradients); '{ref.path}' is {what}. "
                      f"Use {hint}.")
@@ -287,7 +287,7 @@ def load_original(path: str | os.PathLike, max_side: int = MAX_SIDE) -> np.ndarr
 
     from PIL import Image
 
-    from tlcli.data import _to_rgb
+    from tlcli.images import _to_rgb
 
     if not os.path.isfile(path):  # a pipe named x.jpg would block the read for ever
         raise ImageError("not a regular file")
@@ -457,14 +457,8 @@ class ExplainResult:
 
 def default_output(ref: ModelRef) -> Path:
     """<run>/explain/ for a model in a run folder, else ./explain."""
-    run = _owning_run(ref)
+    run = owning_run(ref)
     return (run / "explain") if run is not None else Path("explain")
-
-
-def _owning_run(ref: ModelRef) -> Path | None:
-    from tlcli.evaluate import owning_run
-
-    return owning_run(ref)
 
 
 def _names(paths: list[str], out_dir: Path) -> list[str]:

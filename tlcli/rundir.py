@@ -188,3 +188,14 @@ def _image_size(folder: Path) -> int:
 
 def _run_of(folder: Path) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
+
+
+def owning_run(ref: ModelRef) -> Path | None:
+    """The run folder a model belongs to: its own, or the one above an export folder."""
+    if ref.run_dir is not None:
+        return ref.run_dir
+    folder = ref.path.parent
+    for candidate in (folder, folder.parent):
+        if (candidate / "config.json").is_file() and (candidate / "labels.txt").is_file():
+            return candidate
+    return None
