@@ -3,6 +3,9 @@
 import subprocess
 import sys
 
+import pytest
+
+import tlcli.cli as cli_module
 from tlcli.cli import app
 
 
@@ -42,3 +45,78 @@ def test_augment_preview_command(cli, image_folder, tmp_path):
     assert (tmp_path / "p.png").exists()
     bad = cli(["augment-preview", tmp_path / "nothing"])
     assert bad.exit_code == 2
+
+
+# ---------------------------------------------------------------- flag ranges, checked at parse time
+
+class ReachedTensorFlow(Exception):
+    """Raised instead of importing TensorFlow: the command got past all of its flag checks."""
+
+
+@pytest.fixture
+def no_tensorflow(monkeypatch):
+    def refuse():
+        raise ReachedTensorFlow
+
+    monkeypatch.setattr(cli_module, "_import_tensorflow_quietly", refuse)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "{data}", "--fine-tune-epochs", "-1"], "--fine-tune-epochs"),
+    (["train", "{data}", "--cache-views", "0"], "--cache-views"),
+    (["train", "{data}", "--cache-ram-gb", "-1"], "--cache-ram-gb"),
+    (["train", "{data}", "--lr", "0"], "--lr must be above 0"),
+    (["train", "{data}", "--fine-tune-lr", "inf"], "--fine-tune-lr"),
+    (["train", "{data}", "--batch-size", "0"], "--batch-size"),
+    (["train", "{data}", "--val-split", "1"], "--val-split"),
+    (["train", "{data}", "--seed", "-1"], "--seed must be at least 0"),
+    (["train", "{data}", "--dropout", "1"], "--dropout"),
+    (["train", "{data}", "--label-smoothing", "1"], "--label-smoothing"),
+    (["train", "{data}", "--class-weights", "balanced"], "--class-weights"),
+    (["train", "{data}", "--mixed-precision", "yes"], "--mixed-precision"),
+    (["train", "{data}", "--xla", "yes"], "--xla"),
+    (["train", "{data}", "--strategy", "mirored"], "--strategy"),
+    (["train", "{data}", "--image-size", "0"], "--image-size 0 is below"),  # 0 used to mean the default
+    (["train", "{data}", "--unfreeze", "1.5"], "--unfreeze"),
+    (["train", "{data}", "--backbone", "mobilenet_v9"], "mobilenet_v2"),
+    (["train", "{data}", "--rotation", "181"], "--rotation must be at least 0 and at most 180"),
+    (["train", "{data}", "--shift", "1.5"], "--shift"),
+    (["train", "{data}", "--shear", "46"], "--shear must be at least 0 and at most 45"),  # crashed in RandomShear
+    (["train", "{data}", "--shear", "89"], "--shear"),
+    (["train", "{data}", "--zoom", "-0.1"], "--zoom"),
+    (["augment-preview", "{data}", "--shear", "60"], "--shear"),
+    (["augment-preview", "{data}", "--samples", "0"], "--samples must be at least 1"),
+    (["augment-preview", "{data}", "--variants", "0"], "--variants must be at least 1"),
+    (["augment-preview", "{data}", "--image-size", "0"], "--image-size must be at least 1"),
+    (["augment-preview", "{data}", "--seed", "-1"], "--seed"),
+    (["predict", "{data}", "--top-k", "0"], "--top-k must be at least 1"),
+    (["predict", "{data}", "--batch-size", "0"], "--batch-size"),
+    (["evaluate", "{data}", "--top-k", "0"], "--top-k must be at least 1"),
+    (["evaluate", "{data}", "--batch-size", "0"], "--batch-size"),
+    (["evaluate", "{data}", "--max-errors", "-1"], "--max-errors must be at least 0"),
+    (["evaluate", "{data}", "--split", "validation"], "--split must be one of"),
+    (["explain", "{data}", "--batch-size", "0"], "--batch-size"),
+    (["export", "--calibration-samples", "0"], "--calibration-samples must be at least 1"),
+    (["export", "--min-agreement", "1.5"], "--min-agreement must be at least 0 and at most 1"),
+])
+def test_a_flag_out_of_range_is_one_line_and_exit_2_before_anything_starts(cli, no_tensorflow, image_folder,
+                                                                           tmp_path, args, message):
+    """Checked when parsed: no run folder, no TensorFlow (and no model looked up) before the error."""
+    project = tmp_path / "runs"
+    args = [str(image_folder) if a == "{data}" else a for a in args]
+    output = ["-o", project / "preview.png"] if args[0] == "augment-preview" else ["--project", project]
+    result = cli([*args, *output])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error:") and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr
+    assert not project.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "augment-preview"])
+def test_the_ends_of_the_augmentation_ranges_are_accepted(cli, no_tensorflow, image_folder, tmp_path, command):
+    extremes = ["--rotation", "180", "--shift", "1", "--shear", "45", "--zoom", "1", "--seed", "4294967295"]
+    output = ["--project", tmp_path / "runs"] if command == "train" else ["-o", tmp_path / "p.png"]
+    with pytest.raises(ReachedTensorFlow):
+        cli([command, image_folder, *extremes, *output])
+

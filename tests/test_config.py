@@ -1,10 +1,10 @@
-"""Defaults, "auto" resolution and validation of TrainConfig."""
+"""Defaults, "auto" resolution and validation of TrainConfig, and every flag's range."""
 
 import dataclasses
 
 import pytest
 
-from tlcli.config import AugmentConfig, TrainConfig, parse_unfreeze
+from tlcli.config import AugmentConfig, TrainConfig, check_options, parse_unfreeze
 from tlcli.errors import TlcliError
 
 
@@ -42,3 +42,71 @@ def test_round_trip_through_dict_and_unknown_keys_suggest():
     assert TrainConfig.from_dict(data) == config
     with pytest.raises(TlcliError, match="Did you mean: epochs"):
         TrainConfig.from_dict({**config.to_dict(), "epoch": 3})
+
+
+# One value just outside each range, for a TrainConfig field or an AugmentConfig field.
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"fine_tune_epochs": -1}, "--fine-tune-epochs must be at least 0"),
+    ({"cache_views": 0}, "--cache-views must be at least 1"),
+    ({"cache_ram_gb": -0.5}, "--cache-ram-gb must be at least 0"),
+    ({"cache_ram_gb": float("inf")}, "--cache-ram-gb"),
+    ({"lr": 0.0}, "--lr must be above 0"),
+    ({"lr": float("inf")}, "--lr"),
+    ({"fine_tune_lr": -1e-4}, "--fine-tune-lr must be above 0"),
+    ({"batch_size": 0}, "--batch-size must be at least 1"),
+    ({"val_split": 0.0}, "--val-split must be above 0 and below 1"),
+    ({"val_split": 1.0}, "--val-split must be above 0 and below 1"),
+    ({"seed": -1}, "--seed must be at least 0"),  # keras.utils.set_random_seed raised a ValueError
+    ({"seed": 2**32}, "at most 4294967295"),
+    ({"dropout": 1.0}, "--dropout must be at least 0 and below 1"),
+    ({"label_smoothing": -0.1}, "--label-smoothing"),
+    ({"label_smoothing": 1.0}, "--label-smoothing"),
+    ({"mixed_precision": "yes"}, "--mixed-precision must be one of auto, on, off"),
+    ({"xla": "always"}, "--xla must be one of auto, on, off"),
+    ({"strategy": "mirored"}, "--strategy must be one of"),
+    ({"augment": AugmentConfig(rotation=181)}, "--rotation must be at least 0 and at most 180 degrees"),
+    ({"augment": AugmentConfig(rotation=-5)}, "--rotation"),
+    ({"augment": AugmentConfig(rotation=float("nan"))}, "--rotation"),
+    ({"augment": AugmentConfig(shift=1.01)}, "--shift must be at least 0 and at most 1"),
+    ({"augment": AugmentConfig(shear=46)}, "--shear must be at least 0 and at most 45 degrees"),  # crashed in RandomShear
+    ({"augment": AugmentConfig(shear=89)}, "--shear"),
+    ({"augment": AugmentConfig(zoom=1.5)}, "--zoom must be at least 0 and at most 1"),
+    ({"augment": AugmentConfig(zoom=-0.1)}, "--zoom"),
+])
+def test_resolve_rejects_each_value_just_out_of_range(changes, message):
+    with pytest.raises(TlcliError, match=message.replace("(", r"\(")):
+        dataclasses.replace(TrainConfig("d"), **changes).resolve()
+
+
+# Each end of each range that is itself allowed; shift and zoom 1 were refused although Keras
+# takes them, and shear is allowed up to RandomShear's own limit.
+@pytest.mark.parametrize("changes", [
+    {"epochs": 1}, {"fine_tune_epochs": 0}, {"cache_views": 1}, {"cache_ram_gb": 0.0}, {"batch_size": 1},
+    {"lr": 1e-9}, {"val_split": 0.01}, {"val_split": 0.99}, {"seed": 0}, {"seed": 2**32 - 1},
+    {"dropout": 0.0}, {"label_smoothing": 0.0},
+    {"augment": AugmentConfig(rotation=180, shift=1.0, shear=45, zoom=1.0)},
+    {"augment": AugmentConfig(rotation=0, shift=0, shear=0, zoom=0)},
+])
+def test_resolve_accepts_the_ends_of_each_range(changes):
+    config = dataclasses.replace(TrainConfig("d"), **changes)
+    assert config.resolve().augment == config.augment
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"top_k": 0}, "--top-k must be at least 1"),
+    ({"max_errors": -1}, "--max-errors must be at least 0"),
+    ({"split": "validation"}, "--split must be one of train, val, test, all"),
+    ({"samples": 0}, "--samples must be at least 1"),
+    ({"variants": 0}, "--variants must be at least 1"),
+    ({"preview_size": 0}, "--image-size must be at least 1"),
+    ({"calibration_samples": 0}, "--calibration-samples must be at least 1"),
+    ({"min_agreement": 1.5}, "--min-agreement must be at least 0 and at most 1"),
+    ({"min_agreement": -0.1}, "--min-agreement"),
+])
+def test_check_options_rejects_other_commands_values(options, message):
+    with pytest.raises(TlcliError, match=message):
+        check_options(**options)
+    check_options(top_k=1, max_errors=0, split="all", samples=1, variants=1, preview_size=1,
+                  calibration_samples=1, min_agreement=1.0)
+

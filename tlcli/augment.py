@@ -15,6 +15,8 @@ def build_augmenter(config: AugmentConfig, image_size: int, seed: int = 0):
     import keras
     from keras import layers
 
+    config.check()  # a clear message rather than a Keras ValueError for an out-of-range value
+
     stages = []
     if config.enabled:
         if config.flip:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tlcli import __version__
-from tlcli.config import AugmentConfig, TrainConfig
+from tlcli.config import AugmentConfig, TrainConfig, check_options
 from tlcli.errors import TlcliError
 
 app = typer.Typer(
@@ -111,7 +111,7 @@ def train(
     fine_tune_epochs: Annotated[int, typer.Option(help="Phase 2 epochs with the top of the backbone unfrozen; 0 skips it.", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_epochs"),
     lr: Annotated[float, typer.Option(help="Phase 1 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "lr"),
     fine_tune_lr: Annotated[float, typer.Option(help="Phase 2 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_lr"),
-    unfreeze: Annotated[str, typer.Option(help="Backbone layers trained in phase 2: a count, a fraction (<1), or auto.", rich_help_panel="Schedule")] = _default(TrainConfig, "unfreeze"),
+    unfreeze: Annotated[str, typer.Option(help="Backbone layers trained in phase 2: a count (40), a fraction (0.3, 1.0), all, or auto.", rich_help_panel="Schedule")] = _default(TrainConfig, "unfreeze"),
     batch_size: Annotated[int, typer.Option(help="Images per training step.", rich_help_panel="Schedule")] = _default(TrainConfig, "batch_size"),
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier layer.", rich_help_panel="Head")] = _default(TrainConfig, "dropout"),
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.", rich_help_panel="Head")] = _default(TrainConfig, "label_smoothing"),
@@ -149,7 +149,8 @@ def train(
 
         return _report(run_training(resume=resume, console=err, quiet=quiet or as_json), as_json, quiet)
     config = TrainConfig(
-        data_dir=str(data_dir), backbone=backbone, weights=weights, image_size=image_size or "auto",
+        data_dir=str(data_dir), backbone=backbone, weights=weights,
+        image_size="auto" if image_size is None else image_size,
         epochs=epochs, cache_views=cache_views, fine_tune_epochs=fine_tune_epochs, lr=lr,
         fine_tune_lr=fine_tune_lr, unfreeze=unfreeze, batch_size=batch_size, val_split=val_split, seed=seed,
         dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights,
@@ -230,7 +231,8 @@ def augment_preview(
     Example: [bold]tlcli augment-preview ./flowers --rotation 30 -o aug.png[/]
     """
     config = AugmentConfig(augment, rotation, shift, shear, zoom, flip)
-    TrainConfig(str(data_dir), augment=config).resolve()
+    config.check()
+    check_options(samples=samples, variants=variants, preview_size=image_size, seed=seed)
     _import_tensorflow_quietly()
     from tlcli.augment import write_preview
 
@@ -281,8 +283,7 @@ def predict(
     fmt = format_for(output, fmt.lower() if fmt else None)
     if fmt not in FORMATS:
         raise TlcliError(f"--format must be one of {', '.join(FORMATS)}; not '{fmt}'.")
-    if top_k < 1 or batch_size < 1:
-        raise TlcliError("--top-k and --batch-size must be at least 1.")
+    check_options(top_k=top_k, batch_size=batch_size)
     ref = _load_model_ref(model, project)
     results = predict_files(ref, paths, top_k=top_k, batch_size=batch_size, console=err, quiet=quiet)
     failed = sum(1 for r in results if r["error"])
@@ -326,6 +327,9 @@ def evaluate(
 
     Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite[/]
     """
+    check_options(top_k=top_k, batch_size=batch_size, max_errors=max_errors)
+    if split is not None:
+        check_options(split=split)
     ref = _load_model_ref(model, project)
     if explain:
         from tlcli.explain import require_keras
@@ -394,8 +398,7 @@ def explain(
     from tlcli.explain import class_index, require_keras
     from tlcli.rundir import resolve_model
 
-    if batch_size < 1:
-        raise TlcliError("--batch-size must be at least 1.")
+    check_options(batch_size=batch_size)
     ref = resolve_model(model, project)
     require_keras(ref)  # a .tflite or SavedModel fails here, before TensorFlow loads
     class_index(class_name, ref.labels)
@@ -465,6 +468,9 @@ def export(
     """
     from tlcli.export import select_formats
 
+    check_options(calibration_samples=calibration_samples)
+    if min_agreement is not None:
+        check_options(min_agreement=min_agreement)
     formats = select_formats(tflite, quantize or [], saved_model, int8_io)  # bad flags fail before TensorFlow loads
     _import_tensorflow_quietly()
     from tlcli.export import export as run_export

@@ -1,4 +1,6 @@
 """Every default tlcli has lives here, in frozen dataclasses; a run's config.json is their dump.
+So does the range of every numeric or choice flag (`LIMITS`), checked as soon as a command has
+parsed its flags: before a run folder exists or TensorFlow is imported.
 
 Fields whose default is "auto" are resolved against the chosen backbone by `resolve()`, the
 way keras-hub's `compile()` fills in its defaults.
@@ -7,6 +9,7 @@ way keras-hub's `compile()` fills in its defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from tlcli.errors import TlcliError, unknown_name
@@ -14,6 +17,98 @@ from tlcli.errors import TlcliError, unknown_name
 
 # Keys config.json carries besides the settings themselves.
 RUN_INFO_KEYS = ("versions", "class_names")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The finite numbers a flag accepts: from `low` to `high`, either end excluded when open."""
+
+    flag: str
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    unit: str = ""  # said in the error: "degrees"
+    why: str = ""  # said in the error, for a bound that is not obvious
+
+    def check(self, value) -> None:
+        """Raise a one-line TlcliError unless `value` is in range."""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if number and (value > self.low if self.low_open else value >= self.low) and (
+                value < self.high if self.high_open else value <= self.high):
+            return
+        bounds = [f"{'above' if self.low_open else 'at least'} {_show(self.low)}"]
+        if self.high != math.inf:
+            bounds.append(f"{'below' if self.high_open else 'at most'} {_show(self.high)}")
+        unit = f" {self.unit}" if self.unit else ""
+        why = f" ({self.why})" if self.why else ""
+        raise TlcliError(f"{self.flag} must be {' and '.join(bounds)}{unit}{why}; not {_show(value)}.")
+
+
+def _show(number) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The words a flag accepts."""
+
+    flag: str
+    choices: tuple[str, ...]
+
+    def check(self, value) -> None:
+        """Raise a one-line TlcliError unless `value` is one of the choices."""
+        if value not in self.choices:
+            raise TlcliError(f"{self.flag} must be one of {', '.join(self.choices)}; not '{value}'.")
+
+
+# Every numeric or choice flag's range, by the name of its TrainConfig/AugmentConfig field or
+# command parameter. The bounds are those the code downstream really accepts.
+LIMITS: dict[str, Limit | Choice] = {
+    # train
+    "epochs": Limit("--epochs", 1),
+    "cache_views": Limit("--cache-views", 1, why="the clean view"),
+    "cache_ram_gb": Limit("--cache-ram-gb", 0),
+    "fine_tune_epochs": Limit("--fine-tune-epochs", 0),
+    "lr": Limit("--lr", 0, low_open=True),
+    "fine_tune_lr": Limit("--fine-tune-lr", 0, low_open=True),
+    "batch_size": Limit("--batch-size", 1),
+    "val_split": Limit("--val-split", 0, 1, low_open=True, high_open=True),
+    "seed": Limit("--seed", 0, 2**32 - 1, why="a NumPy seed"),
+    "dropout": Limit("--dropout", 0, 1, high_open=True),
+    "label_smoothing": Limit("--label-smoothing", 0, 1, high_open=True),
+    "class_weights": Choice("--class-weights", ("auto", "none")),
+    "mixed_precision": Choice("--mixed-precision", ("auto", "on", "off")),
+    "xla": Choice("--xla", ("auto", "on", "off")),
+    "strategy": Choice("--strategy", ("auto", "one", "mirrored", "multiworker")),
+    # augmentation, each either way; RandomShear takes tan(angle) <= 1, RandomTranslation and
+    # RandomZoom a fraction <= 1
+    "rotation": Limit("--rotation", 0, 180, unit="degrees", why="either way: 180 reaches every angle"),
+    "shift": Limit("--shift", 0, 1, why="a fraction of the size"),
+    "shear": Limit("--shear", 0, 45, unit="degrees", why="Keras's RandomShear takes at most 45"),
+    "zoom": Limit("--zoom", 0, 1, why="a fraction"),
+    # augment-preview
+    "samples": Limit("--samples", 1),
+    "variants": Limit("--variants", 1),
+    "preview_size": Limit("--image-size", 1),
+    # predict, evaluate, explain
+    "top_k": Limit("--top-k", 1),
+    "max_errors": Limit("--max-errors", 0),
+    "split": Choice("--split", ("train", "val", "test", "all")),
+    # export
+    "calibration_samples": Limit("--calibration-samples", 1),
+    "min_agreement": Limit("--min-agreement", 0, 1, why="a fraction of the images"),
+}
+
+
+def check_options(**values) -> None:
+    """Check each flag value against its range in `LIMITS`; the first one out of range raises."""
+    for name, value in values.items():
+        LIMITS[name].check(value)
+
+
+def _check_fields(config) -> None:
+    check_options(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in LIMITS})
 
 
 @dataclass(frozen=True)
@@ -26,6 +121,10 @@ class AugmentConfig:
     shear: float = 10.0  # degrees, either way
     zoom: float = 0.15  # fraction, in or out
     flip: bool = True  # random horizontal flip
+
+    def check(self) -> None:
+        """Raise a one-line TlcliError for a value Keras's augmentation layers would refuse."""
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -70,24 +169,8 @@ class TrainConfig:
         unfreeze = spec.unfreeze if self.unfreeze == "auto" else parse_unfreeze(self.unfreeze)
         if image_size < spec.min_size:
             raise TlcliError(f"--image-size {image_size} is below {self.backbone}'s minimum of {spec.min_size}.")
-        _check(self.epochs >= 1, "--epochs must be at least 1.")
-        _check(self.cache_views >= 1, "--cache-views must be at least 1 (the clean view).")
-        _check(self.fine_tune_epochs >= 0, "--fine-tune-epochs must be 0 or more.")
-        _check(self.lr > 0 and self.fine_tune_lr > 0, "learning rates must be positive.")
-        _check(self.batch_size >= 1, "--batch-size must be at least 1.")
-        _check(0 < self.val_split < 1, "--val-split must be between 0 and 1.")
-        _check(0 <= self.dropout < 1, "--dropout must be in [0, 1).")
-        _check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1).")
-        _check(self.class_weights in ("auto", "none"), "--class-weights must be auto or none.")
-        _check(self.cache_ram_gb >= 0, "--cache-ram-gb must be 0 or more.")
-        _check(self.mixed_precision in ("auto", "on", "off"), "--mixed-precision must be auto, on or off.")
-        _check(self.xla in ("auto", "on", "off"), "--xla must be auto, on or off.")
-        _check(self.strategy in ("auto", "one", "mirrored", "multiworker"),
-               "--strategy must be auto, one, mirrored or multiworker.")
-        a = self.augment
-        _check(0 <= a.rotation <= 180, "--rotation is in degrees, 0 to 180.")
-        _check(0 <= a.shear < 90, "--shear is in degrees, 0 to 89.")
-        _check(0 <= a.shift < 1 and 0 <= a.zoom < 1, "--shift and --zoom are fractions below 1.")
+        _check_fields(self)
+        self.augment.check()
         return dataclasses.replace(self, image_size=image_size, unfreeze=unfreeze)
 
     def to_dict(self) -> dict:
@@ -108,11 +191,6 @@ def _reject_unknown(cls, values: dict) -> None:
     for key in values:
         if key not in known:
             raise unknown_name("setting", key, known)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise TlcliError(message)
 
 
 def _int(name: str, value) -> int:
