@@ -1,5 +1,6 @@
 """The command line as a whole: documented commands, instant help, lazy TensorFlow."""
 
+import inspect
 import subprocess
 import sys
 
@@ -119,4 +120,20 @@ def test_the_ends_of_the_augmentation_ranges_are_accepted(cli, no_tensorflow, im
     output = ["--project", tmp_path / "runs"] if command == "train" else ["-o", tmp_path / "p.png"]
     with pytest.raises(ReachedTensorFlow):
         cli([command, image_folder, *extremes, *output])
+
+
+# ---------------------------------------------------------------- --help
+
+@pytest.mark.parametrize("name", [c.name or c.callback.__name__ for c in app.registered_commands])
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_docstring_lines(cli, name):
+    """On a terminal wide enough for any paragraph, each one is a single line."""
+    from rich.text import Text
+
+    command = next(c for c in app.registered_commands if (c.name or c.callback.__name__) == name)
+    result = cli([name, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    for paragraph in inspect.cleandoc(command.callback.__doc__).split("\n\n"):
+        text = " ".join(Text.from_markup(paragraph).plain.split())
+        assert any(text in line for line in lines), text
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import os
 import sys
@@ -75,6 +76,26 @@ def friendly_errors(command):
     return wrapper
 
 
+def command(name: Optional[str] = None):
+    """Register a tlcli command: its docstring is its --help, and its errors are `friendly_errors`."""
+
+    def register(function):
+        function.__doc__ = reflow(function.__doc__)
+        return app.command(name)(friendly_errors(function))
+
+    return register
+
+
+def reflow(doc: Optional[str]) -> str:
+    """Join the lines of each docstring paragraph, so --help wraps them to the terminal's width.
+
+    Typer's rich mode keeps single line breaks after the first paragraph, so without this --help
+    breaks lines where the source does ("must be the / model's").
+    """
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
 def _version(value: bool):
     if value:
         out.print(f"tlcli {__version__}")
@@ -98,8 +119,7 @@ Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Turn the 
 DataDir = Annotated[Path, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)]
 
 
-@app.command()
-@friendly_errors
+@command()
 def train(
     data_dir: Annotated[Optional[Path], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
@@ -184,8 +204,7 @@ def _summary_table(run_dir: Path, metrics: dict) -> Table:
     return table
 
 
-@app.command()
-@friendly_errors
+@command()
 def backbones(
     as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
 ):
@@ -208,8 +227,7 @@ def backbones(
     out.print(table)
 
 
-@app.command("augment-preview")
-@friendly_errors
+@command("augment-preview")
 def augment_preview(
     data_dir: DataDir,
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("augment_preview.png"),
@@ -258,8 +276,7 @@ def _load_model_ref(model: Optional[str], project: str):
     return ref
 
 
-@app.command()
-@friendly_errors
+@command()
 def predict(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
     model: ModelOption = None,
@@ -303,8 +320,7 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command()
-@friendly_errors
+@command()
 def evaluate(
     data_dir: DataDir,
     model: ModelOption = None,
@@ -375,8 +391,7 @@ def _evaluation_tables(m: dict) -> list[Table]:
     return [summary, classes]
 
 
-@app.command()
-@friendly_errors
+@command()
 def explain(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder or .keras file (default: the newest run in --project).", show_default=False)] = None,
@@ -440,8 +455,7 @@ def _explain_table(result) -> Table:
 
 
 # ---- export command (issue 4) goes here ----
-@app.command()
-@friendly_errors
+@command()
 def export(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run folder or .keras file (default: the newest run).", show_default=False)] = None,
     tflite: Annotated[bool, typer.Option("--tflite", help="Write model.tflite (float32); the default when nothing else is asked for.", rich_help_panel="Formats")] = False,
