@@ -1,10 +1,15 @@
 """The command line as a whole: documented commands, instant help, lazy TensorFlow."""
 
 import inspect
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
 import tlcli.cli as cli_module
 from tlcli.cli import app
@@ -136,4 +141,45 @@ def test_help_paragraphs_wrap_at_the_terminal_not_at_the_docstring_lines(cli, na
     for paragraph in inspect.cleandoc(command.callback.__doc__).split("\n\n"):
         text = " ".join(Text.from_markup(paragraph).plain.split())
         assert any(text in line for line in lines), text
+
+
+# ---------------------------------------------------------------- train: run folder and resume
+
+def test_resume_takes_the_data_dir_the_images_moved_to(cli, monkeypatch, tmp_path):
+    import tlcli.train
+
+    calls = []
+
+    def fake_train(config=None, console=None, quiet=False, resume=None, data_dir=None):
+        calls.append((resume, data_dir))
+        return SimpleNamespace(run_dir=Path(resume), metrics={})
+
+    monkeypatch.setattr(tlcli.train, "train", fake_train)
+    assert cli(["train", "--resume", tmp_path / "run", tmp_path / "moved", "--json"]).exit_code == 0
+    assert cli(["train", "--resume", tmp_path / "run", "--json"]).exit_code == 0
+    assert calls == [(tmp_path / "run", str(tmp_path / "moved")), (tmp_path / "run", None)]
+    result = cli(["train"])
+    assert result.exit_code == 2 and "DATA_DIR" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def relative_run(image_folder, tmp_path_factory):
+    """A run trained from a relative DATA_DIR (typed in its parent folder): (CLI result, run folder)."""
+    project = tmp_path_factory.mktemp("relative") / "runs"
+    cwd = os.getcwd()
+    os.chdir(image_folder.parent)
+    try:
+        result = CliRunner().invoke(app, ["train", image_folder.name, "--backbone", "tiny", "--weights", "none",
+                                          "--image-size", "32", "--epochs", "1", "--cache-views", "1",
+                                          "--fine-tune-epochs", "0", "--batch-size", "8", "--project", str(project)],
+                                    catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return result, project / "train"
+
+
+def test_config_json_stores_data_dir_absolute(relative_run, image_folder):
+    _, run = relative_run
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(image_folder)
 

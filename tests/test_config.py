@@ -1,6 +1,7 @@
 """Defaults, "auto" resolution and validation of TrainConfig, and every flag's range."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -110,3 +111,11 @@ def test_check_options_rejects_other_commands_values(options, message):
     check_options(top_k=1, max_errors=0, split="all", samples=1, variants=1, preview_size=1,
                   calibration_samples=1, min_agreement=1.0)
 
+
+def test_data_dir_is_stored_absolute_but_urls_stay_as_they_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(os.path.join("photos", "flowers")).resolve()
+    assert config.data_dir == str(tmp_path / "photos" / "flowers")
+    assert config.resolve() == config  # resolving again (as a resume does) changes nothing
+    for url in ("gs://bucket/flowers", "ram://flowers"):
+        assert TrainConfig(url).resolve().data_dir == url

@@ -121,7 +121,7 @@ DataDir = Annotated[Path, typer.Argument(help="One folder per class, or train/ a
 
 @command()
 def train(
-    data_dir: Annotated[Optional[Path], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)] = None,
+    data_dir: Annotated[Optional[Path], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders. With --resume: where the run's images are now, if they moved.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
     weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
@@ -157,17 +157,21 @@ def train(
 
     Leaves a run folder (model.keras, labels.txt, config.json, history.csv, metrics.json, curves.png) that `predict`, `evaluate` and `export` use by default.
 
-    Ctrl-C stops after the current step and keeps everything; continue with --resume RUN.
+    Ctrl-C stops after the current step and keeps everything; continue with --resume RUN, with
+    the run's own settings (other flags are ignored). If its images have moved since, give their
+    new place too: --resume RUN DATA_DIR.
 
     Example: [bold]tlcli train ./flowers --backbone xception --epochs 10[/]
     """
-    if (data_dir is None) == (resume is None):
-        raise TlcliError("give DATA_DIR to start a run, or --resume RUN to continue one (not both).")
+    if data_dir is None and resume is None:
+        raise TlcliError("give DATA_DIR to start a run, or --resume RUN to continue one.")
     if resume is not None:
         _import_tensorflow_quietly()
         from tlcli.train import train as run_training
 
-        return _report(run_training(resume=resume, console=err, quiet=quiet or as_json), as_json, quiet)
+        result = run_training(resume=resume, data_dir=str(data_dir) if data_dir else None, console=err,
+                              quiet=quiet or as_json)
+        return _report(result, as_json, quiet)
     config = TrainConfig(
         data_dir=str(data_dir), backbone=backbone, weights=weights,
         image_size="auto" if image_size is None else image_size,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from dataclasses import dataclass, field
 
 from tlcli.errors import TlcliError, unknown_name
@@ -111,6 +113,16 @@ def _check_fields(config) -> None:
     check_options(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in LIMITS})
 
 
+# A data_dir like gs://bucket/flowers is a URL, not a path relative to the current directory.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def absolute_data_dir(data_dir: str) -> str:
+    """`data_dir` made absolute, so that a run's config.json works from any directory; URLs as they are."""
+    data_dir = str(data_dir)
+    return data_dir if _URL.match(data_dir) else os.path.abspath(os.path.expanduser(data_dir))
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """The training-only augmentation stage (ImageDataGenerator-style units)."""
@@ -161,7 +173,8 @@ class TrainConfig:
     name: str = "train"
 
     def resolve(self) -> "TrainConfig":
-        """Check every value and fill in the "auto" ones from the backbone's registry entry."""
+        """Check every value, fill in the "auto" ones from the backbone's registry entry and make
+        data_dir absolute (a run's config.json then works from any directory)."""
         from tlcli.backbones import get_spec
 
         spec = get_spec(self.backbone)
@@ -171,7 +184,8 @@ class TrainConfig:
             raise TlcliError(f"--image-size {image_size} is below {self.backbone}'s minimum of {spec.min_size}.")
         _check_fields(self)
         self.augment.check()
-        return dataclasses.replace(self, image_size=image_size, unfreeze=unfreeze)
+        return dataclasses.replace(self, data_dir=absolute_data_dir(self.data_dir), image_size=image_size,
+                                   unfreeze=unfreeze)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
