@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,17 @@ def val_split(trained_run):
 
     config = json.loads((trained_run / "config.json").read_text())
     return load_folder(config["data_dir"], config["image_size"], config["val_split"], config["seed"]).val
+
+
+def _plain_interpreter(path):
+    """An interpreter made here, not by tlcli: the tests' own reference runtime."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tensorflow.lite.python.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 # ---------------------------------------------------------------- flags
@@ -165,12 +177,10 @@ def test_int8_model_tensors_really_are_int8(exported):
 
 
 def test_int8_io_has_uint8_tensors_mapping_pixels_as_they_are(exported_int8_io, exported, val_split):
-    from ai_edge_litert.interpreter import Interpreter
-
     from tlcli.export import run_tflite, tensor_dtypes
 
     out, report = exported_int8_io
-    interpreter = Interpreter(model_path=str(out / "model_int8.tflite"))
+    interpreter = _plain_interpreter(out / "model_int8.tflite")
     (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
     assert inp["quantization"] == (1.0, 0)  # byte 0..255 is pixel 0..255: feed camera bytes as is
@@ -192,9 +202,7 @@ def test_no_augmentation_in_the_exports_and_preprocessing_inside(exported, keras
     layer_types = {type(l).__name__ for l in keras_model.layers}
     assert "Preprocess" in layer_types and not [t for t in layer_types if t.startswith("Random")]
     out, _ = exported
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(out / "model.tflite"))
+    interpreter = _plain_interpreter(out / "model.tflite")
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert not [op for op in ops if "RANDOM" in op or "MULTINOMIAL" in op], ops
     assert "RESIZE_BILINEAR" not in ops  # the same-size resize is left out
@@ -326,6 +334,22 @@ def test_predict_and_evaluate_work_on_the_int8_export(exported, image_folder, tm
                   "--output", tmp_path / "eval"])
     assert result.exit_code == 0, result.output
     assert 0.0 <= json.loads(result.stdout)["accuracy"] <= 1.0
+
+
+def test_export_falls_back_to_tf_lite_without_litert(trained_run, tmp_path, monkeypatch, cli):
+    """Where LiteRT has no wheels it is not installed: export checks its files on tf.lite instead."""
+    from tlcli.predict import tflite_interpreter
+
+    for name in ("ai_edge_litert", "ai_edge_litert.interpreter"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import ai_edge_litert` now raises ImportError
+    out = tmp_path / "out"
+    result = cli(["export", "--model", trained_run, "--tflite", "--output", out, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["artifacts"]
+    assert row["format"] == "float32" and row["agreement"] == 1.0 and row["max_prob_diff"] < 1e-4
+    entry = json.loads((out / "model.json").read_text())["files"]["model.tflite"]
+    assert entry["input_shape"] == [1, 32, 32, 3] and entry["input_dtype"] == "float32"
+    assert type(tflite_interpreter(out / "model.tflite")).__module__ == "tensorflow.lite.python.interpreter"
 
 
 # ---------------------------------------------------------------- bad input: one line, exit code 2

@@ -280,6 +280,32 @@ def test_tflite_cli_json(cli, tflite_model, images):
     assert len(rows) == 8 and all(set(r) == ROW_KEYS and r["label"] in CLASSES for r in rows)
 
 
+LITERT = ("ai_edge_litert", "ai_edge_litert.interpreter")
+
+
+def test_tflite_runs_on_tf_lite_without_litert(trained_run, tflite_model, image_folder, monkeypatch):
+    """Where LiteRT has no wheels it is not installed: TensorFlow's tf.lite interpreter runs the file."""
+    from tlcli.predict import open_predictor
+    from tlcli.rundir import resolve_model
+
+    paths = [str(p) for p in sorted(image_folder.rglob("*_[0-3].*"))]
+    keras_probs = _probs(trained_run, paths)
+    for name in LITERT:
+        monkeypatch.setitem(sys.modules, name, None)  # `import ai_edge_litert` now raises ImportError
+    assert type(open_predictor(resolve_model(tflite_model)).interpreter).__module__ == \
+        "tensorflow.lite.python.interpreter"
+    np.testing.assert_allclose(_probs(tflite_model, paths), keras_probs, atol=1e-4)
+
+
+def test_without_litert_or_tensorflow_a_tflite_is_a_one_line_error(cli, tflite_model, images, monkeypatch):
+    for name in (*LITERT, "tensorflow.lite.python.interpreter"):
+        monkeypatch.setitem(sys.modules, name, None)
+    result = cli(["predict", images / "dark" / "dark_0.jpg", "--model", tflite_model])
+    assert result.exit_code == 2 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error:") and "LiteRT" in line and "TensorFlow" in line
+
+
 @pytest.mark.filterwarnings("ignore:Statistics for quantized inputs")
 def test_int8_tflite_with_uint8_input_and_output(trained_run, image_folder, tmp_path):
     """Full-integer models take quantized pixels and give quantized scores; both are mapped."""
@@ -288,9 +314,9 @@ def test_int8_tflite_with_uint8_input_and_output(trained_run, image_folder, tmp_
     paths = [str(p) for p in sorted(image_folder.rglob("*")) if p.is_file()]
     calibration = np.stack([load_image(p, _image_size(trained_run)) for p in paths])
     model = make_export_folder(trained_run, tmp_path, convert_tflite(trained_run, calibration), "model_int8.tflite")
-    from ai_edge_litert.interpreter import Interpreter
+    from tlcli.predict import tflite_interpreter
 
-    details = Interpreter(model_path=str(model)).get_input_details()[0]
+    details = tflite_interpreter(model).get_input_details()[0]
     assert details["dtype"] == np.uint8
     # Output quantization steps are 1/256: a probability comes back within a few steps.
     np.testing.assert_allclose(_probs(model, paths), _probs(trained_run, paths), atol=0.03)

@@ -562,13 +562,10 @@ def _file_entry(name: str, path: Path, size: int) -> dict:
 # ---------------------------------------------------------------- running and checking
 
 
-def _interpreter(path, threads: int | None = None):
-    from ai_edge_litert.interpreter import Interpreter
+def _interpreter(path):
+    from tlcli.predict import tflite_interpreter  # LiteRT, else TensorFlow's tf.lite
 
-    with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" otherwise
-        interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-        interpreter.allocate_tensors()
-    return interpreter
+    return tflite_interpreter(path)
 
 
 def tensor_dtypes(path, include_io: bool = True) -> Counter:

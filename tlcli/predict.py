@@ -5,7 +5,8 @@ Every model kind is wrapped in a `Predictor` that maps a batch of uint8 images, 
 
 TensorFlow is imported only for Keras and SavedModel models. A `.tflite` model runs on the LiteRT
 interpreter and never imports TensorFlow, so predicting one image with it starts in well under a
-second: nothing in this module imports TensorFlow or Keras at module level.
+second: nothing in this module imports TensorFlow or Keras at module level. Where LiteRT has no
+wheels (and so is not installed), `tflite_interpreter` falls back to TensorFlow's tf.lite copy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import glob
 import io
 import json
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -161,7 +163,7 @@ class SavedModelPredictor(Predictor):
 
 class TFLitePredictor(Predictor):
     """A `.tflite` model on the LiteRT interpreter, with quantized (int8/uint8) inputs and outputs
-    mapped through their (scale, zero_point); TensorFlow is never imported.
+    mapped through their (scale, zero_point); TensorFlow is not imported where LiteRT is installed.
     """
 
     kind = "tflite"
@@ -169,13 +171,7 @@ class TFLitePredictor(Predictor):
 
     def __init__(self, ref: ModelRef):
         super().__init__(ref)
-        interpreter_class = _litert_interpreter()
-        try:
-            with quiet_native_output():  # the native "Created TensorFlow Lite XNNPACK delegate" line
-                self.interpreter = interpreter_class(model_path=str(ref.path), num_threads=os.cpu_count() or 1)
-                self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            raise TlcliError(f"cannot load '{ref.path}' as a TFLite model: {_first_line(error)}") from None
+        self.interpreter = tflite_interpreter(ref.path)
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise TlcliError(f"'{ref.path}' has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and 1.")
@@ -230,19 +226,40 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def _litert_interpreter():
+def tflite_interpreter(path, threads: int | None = None):
+    """An allocated interpreter for the `.tflite` file at `path`, on `threads` (default: every core).
+
+    Every `.tflite` in tlcli (predict, evaluate, export's checks) runs through here. LiteRT is
+    preferred: it is a dependency wherever it has wheels, and it never imports TensorFlow.
+    Elsewhere TensorFlow's own copy of the same interpreter runs the file.
+    """
+    interpreter_class = _interpreter_class()
+    try:
+        # quiet: the native "Created TensorFlow Lite XNNPACK delegate" line. tf.lite's copy warns
+        # that it is deprecated in favour of LiteRT: tlcli uses it only where LiteRT is missing.
+        with quiet_native_output(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = interpreter_class(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise TlcliError(f"cannot load '{path}' as a TFLite model: {_first_line(error)}") from None
+    return interpreter
+
+
+def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter
     except ImportError:
         pass
-    try:  # older installs: TensorFlow's own copy (imports TensorFlow, but works)
+    try:
         from tensorflow.lite.python.interpreter import Interpreter
 
         return Interpreter
     except ImportError:
-        raise TlcliError("running a .tflite model needs LiteRT: pip install 'tlcli[litert]'.") from None
+        raise TlcliError("running a .tflite model needs LiteRT or TensorFlow, and neither is installed: "
+                         "pip install ai-edge-litert (or reinstall tlcli).") from None
 
 
 _PREDICTORS = {"keras": KerasPredictor, "savedmodel": SavedModelPredictor, "tflite": TFLitePredictor}
