@@ -67,6 +67,19 @@ def _plain_interpreter(path):
     return interpreter
 
 
+def _plain_run(path, images: np.ndarray) -> np.ndarray:
+    """Probabilities of a float-in, float-out .tflite, one image per call, without tlcli's code."""
+    interpreter = _plain_interpreter(path)
+    (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.float32 and outp["dtype"] == np.float32
+    out = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
+        interpreter.invoke()
+        out.append(interpreter.get_tensor(outp["index"])[0].copy())
+    return np.stack(out)
+
+
 # ---------------------------------------------------------------- flags
 
 
@@ -87,10 +100,9 @@ def test_select_formats_defaults_repeats_and_all():
 def test_formats_table_is_consistent():
     files = [f.file for f in FORMATS.values()]
     assert len(set(files)) == len(files)
-    for name, fmt in FORMATS.items():
-        assert fmt.kind in ("tflite", "saved_model")
-        assert 0.9 <= fmt.min_agreement <= 1.0
-    assert FORMATS["float32"].min_agreement == 0.98 and FORMATS["int8"].min_agreement == 0.95
+    assert {name: (fmt.kind, fmt.min_agreement) for name, fmt in FORMATS.items()} == {
+        "float32": ("tflite", 0.98), "float16": ("tflite", 0.98), "dynamic": ("tflite", 0.95),
+        "int8": ("tflite", 0.95), "saved_model": ("saved_model", 0.98)}
 
 
 def test_bad_quantize_value_is_a_one_line_error(cli):
@@ -131,25 +143,26 @@ def test_model_json_says_how_to_feed_the_model(exported, trained_run):
     assert info["files"]["saved_model"]["signature"] == "serving_default"
 
 
-def test_every_tflite_runs_in_litert_and_the_figures_are_computed(exported, keras_model, val_split):
-    from tlcli.export import run_tflite
+def test_every_artifact_agrees_with_keras_and_the_report_says_so(exported, keras_model, val_split):
+    """The report's figures against ones computed here: Keras's own predict, and each file run on
+    an interpreter (or the SavedModel loaded) by the test, not by tlcli's checking code."""
+    import tensorflow as tf
 
     out, report = exported
     reference = keras_model.predict(val_split.images.astype(np.float32), verbose=0)
-    for row in report["artifacts"]:
-        if row["format"] == "saved_model":
-            continue
-        probs = run_tflite(out / row["file"], val_split.images)
-        assert probs.shape == reference.shape
-        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=0.02)  # int8 softmax: steps of 1/256
-        # The reported figures are exactly what running the file gives.
-        assert row["agreement"] == pytest.approx(np.mean(probs.argmax(-1) == reference.argmax(-1)))
-        assert row["accuracy"] == pytest.approx(np.mean(probs.argmax(-1) == val_split.labels))
-        assert row["max_prob_diff"] == pytest.approx(np.abs(probs - reference).max(), abs=1e-6)
-        assert row["size_bytes"] == (out / row["file"]).stat().st_size
-        assert row["latency_ms"] > 0
-        assert row["passed"] == (row["agreement"] >= row["min_agreement"])
+    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
     rows = {row["format"]: row for row in report["artifacts"]}
+    for name, row in rows.items():
+        if name == "saved_model":
+            probs = serve(image=tf.constant(val_split.images.astype(np.float32)))["probabilities"].numpy()
+        else:
+            probs = _plain_run(out / row["file"], val_split.images)
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=0.02)  # int8 softmax: steps of 1/256
+        assert row["agreement"] == pytest.approx(np.mean(probs.argmax(-1) == reference.argmax(-1))), name
+        assert row["accuracy"] == pytest.approx(np.mean(probs.argmax(-1) == val_split.labels)), name
+        assert row["max_prob_diff"] == pytest.approx(np.abs(probs - reference).max(), abs=1e-5), name
+        files = [p for p in (out / row["file"]).rglob("*") if p.is_file()] or [out / row["file"]]
+        assert row["size_bytes"] == sum(p.stat().st_size for p in files), name
     # Float formats are the Keras model to rounding; int8 is close.
     assert rows["float32"]["agreement"] == 1.0 and rows["float32"]["max_prob_diff"] < 1e-4
     assert rows["saved_model"]["agreement"] == 1.0 and rows["saved_model"]["max_prob_diff"] < 1e-4
@@ -157,7 +170,42 @@ def test_every_tflite_runs_in_litert_and_the_figures_are_computed(exported, kera
     assert rows["int8"]["max_prob_diff"] < 0.1
     assert rows["int8"]["size_bytes"] < rows["float32"]["size_bytes"] * 0.5
     assert report["reference"]["accuracy"] == pytest.approx(np.mean(reference.argmax(-1) == val_split.labels))
-    assert report["n_check_images"] == len(val_split)
+    assert report["n_check_images"] == len(val_split) == 6
+
+
+def _brightness_model():
+    """Class 0 ("bright") when the mean pixel is above 128, else class 1, with probabilities of 1.0
+    to float32 precision for uniform images of 200 and 30: every figure below is known by hand."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3), batch_size=1)
+    dense = keras.layers.Dense(2, activation="softmax", name="predictions")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    # logit 0 - logit 1 = 0.2 * (r + g + b - 384): +81.6 at 200, -20.4 at 30.
+    dense.set_weights([np.array([[0.1, -0.1]] * 3, np.float32), np.array([-19.2, 19.2], np.float32)])
+    return model
+
+
+@pytest.mark.parametrize(("name", "int8_io"), [("float32", False), ("int8", False), ("int8", True)])
+def test_check_figures_on_a_hand_built_case(tmp_path, name, int8_io):
+    from tlcli.export import check_artifact, convert_tflite
+
+    images = np.concatenate([np.full((6, 8, 8, 3), 200, np.uint8), np.full((4, 8, 8, 3), 30, np.uint8)])
+    truth = np.array([0] * 6 + [1] * 4)
+    labels = truth.copy()
+    labels[0] = 1  # one wrong label: accuracy 9/10
+    reference = np.eye(2, dtype=np.float32)[truth]
+    reference[[8, 9]] = reference[[8, 9], ::-1]  # "Keras" disagrees on two images: agreement 8/10
+    path = tmp_path / f"{name}{'_io' if int8_io else ''}.tflite"
+    path.write_bytes(convert_tflite(_brightness_model(), name, images, int8_io=int8_io)[0])
+    if int8_io:
+        assert _plain_interpreter(path).get_input_details()[0]["dtype"] == np.uint8
+
+    check = check_artifact(path, name, reference, images, labels, min_agreement=0.85)
+    assert (check.agreement, check.accuracy, check.passed) == (0.8, 0.9, False)
+    assert check.max_prob_diff == pytest.approx(1.0, abs=0.01)  # the two flipped rows
+    assert check.size_bytes == path.stat().st_size and check.latency_ms > 0
+    assert check_artifact(path, name, reference, images, labels, min_agreement=0.8).passed is True
 
 
 def test_int8_model_tensors_really_are_int8(exported):
@@ -325,15 +373,26 @@ def test_check_data_in_train_val_layout_uses_val(trained_run, tmp_path, cli):
 
 
 def test_predict_and_evaluate_work_on_the_int8_export(exported, image_folder, tmp_path, cli):
+    """Their labels and accuracy against the file run here on the training decode of each image."""
+    from tlcli.data import load_image
+
     out, _ = exported
+    classes = ["bright", "dark", "striped"]
+    paths = sorted(p for p in image_folder.rglob("*") if p.is_file())
+    probs = _plain_run(out / "model_int8.tflite", np.stack([load_image(p, 32) for p in paths]))
+    expected = {p.name: classes[i] for p, i in zip(paths, probs.argmax(-1))}
     result = cli(["predict", image_folder / "dark", "--model", out / "model_int8.tflite", "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert len(rows) == 8 and all(r["label"] in ("bright", "dark", "striped") for r in rows)
+    assert len(rows) == 8 and {Path(r["path"]).name: r["label"] for r in rows} == {
+        p.name: expected[p.name] for p in paths if p.parent.name == "dark"}
     result = cli(["evaluate", image_folder, "--model", out / "model_int8.tflite", "--json",
                   "--output", tmp_path / "eval"])
     assert result.exit_code == 0, result.output
-    assert 0.0 <= json.loads(result.stdout)["accuracy"] <= 1.0
+    truth = [classes.index(p.parent.name) for p in paths]
+    report = json.loads(result.stdout)
+    assert report["n_images"] == 24
+    assert report["accuracy"] == pytest.approx(np.mean(probs.argmax(-1) == truth))
 
 
 def test_export_falls_back_to_tf_lite_without_litert(trained_run, tmp_path, monkeypatch, cli):
