@@ -1,5 +1,9 @@
 """The classifier: raw-pixel input, preprocessing, freezing per phase, safe saving."""
 
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -79,3 +83,33 @@ def test_loading_a_non_model_is_a_one_line_error(tmp_path):
     (tmp_path / "junk.keras").write_text("not a zip")
     with pytest.raises(TlcliError, match="cannot load"):
         load_classifier(tmp_path / "junk.keras")
+
+
+LOAD_OUTSIDE_TLCLI = """
+import json, sys
+import numpy as np
+import tlcli
+result = {"heavy_on_import": sorted(m for m in ("keras", "tensorflow") if m in sys.modules)}
+import keras
+try:
+    keras.saving.load_model(sys.argv[1])
+    result["plain_keras"] = "loaded"
+except Exception as error:
+    result["plain_keras"] = str(error)
+model = tlcli.load_model(sys.argv[1])
+result["probabilities"] = model.predict(np.full((1, 40, 40, 3), 128.0, "float32"), verbose=0).tolist()
+print(json.dumps(result))
+"""
+
+
+def test_load_model_in_a_fresh_interpreter(classifier, tmp_path):
+    """`tlcli.load_model` is what a user's own script calls; plain Keras cannot load the file alone."""
+    classifier.save(tmp_path / "model.keras")
+    done = subprocess.run([sys.executable, "-c", LOAD_OUTSIDE_TLCLI, str(tmp_path / "model.keras")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["heavy_on_import"] == []
+    assert "Could not locate class" in result["plain_keras"]
+    expected = classifier.predict(np.full((1, 40, 40, 3), 128.0, "float32"), verbose=0)
+    assert np.allclose(result["probabilities"], expected, atol=1e-5)
