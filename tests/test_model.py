@@ -1,4 +1,5 @@
-"""The classifier: raw-pixel input, preprocessing, freezing per phase, safe saving."""
+"""The classifier: raw-pixel input, resizing as training decodes, preprocessing, freezing per phase,
+float32 saving, plain calls, safe loading."""
 
 import json
 import subprocess
@@ -7,10 +8,14 @@ import sys
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
-from tlcli.model import (Preprocess, build_classifier, count_params, feature_model, freeze_backbone,
-                         get_backbone, head_model, load_classifier, unfreeze_top)
+from conftest import FLOWERS, KERAS_HOME, requires_flowers, use_keras_home
+from tlcli.backbones import build_backbone
+from tlcli.data import load_image
 from tlcli.errors import TlcliError
+from tlcli.model import (Preprocess, Resize, build_classifier, count_params, feature_model, freeze_backbone,
+                         get_backbone, head_model, load_classifier, unfreeze_top)
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +23,12 @@ def classifier():
     return build_classifier("tiny", 3, 32, "none")
 
 
+def raw_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3)).astype("float32")
+
+
 def test_takes_raw_images_of_any_size(classifier):
-    probabilities = classifier.predict(np.random.default_rng(0).uniform(0, 255, (2, 50, 70, 3)), verbose=0)
+    probabilities = classifier.predict(raw_images(2, 50, 70), verbose=0)
     assert probabilities.shape == (2, 3)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
@@ -33,6 +42,125 @@ def test_takes_raw_images_of_any_size(classifier):
 def test_preprocess_modes(mode, pixel, expected):
     out = np.asarray(Preprocess(mode)(np.full((1, 1, 1, 3), pixel, np.float32)))
     assert np.allclose(out.reshape(-1), expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------- resizing as training decodes
+
+
+@pytest.mark.parametrize("width,height,size", [
+    (1600, 1200, 224),  # a 2-megapixel photo at MobileNet's size
+    (1001, 703, 64),  # whole-factor reduction leaves a partial last block on both axes
+    (300, 700, 32),  # portrait: each axis shrinks by its own factor
+    (50, 30, 64),  # smaller than the model's size: enlarged
+])
+def test_model_resizes_full_size_pixels_as_the_decoder_does(tmp_path, width, height, size):
+    """Noise is the hardest case: all its detail is finer than the target's pixels, so any
+    resampling that is not Pillow's (e.g. bilinear without antialiasing) shows at once."""
+    pixels = raw_images(1, height, width, seed=width)
+    Image.fromarray(pixels[0].astype(np.uint8)).save(tmp_path / "photo.png")
+    model = build_classifier("tiny", 2, size, "none")
+    seen = np.asarray(keras.Model(model.input, model.get_layer("resize").output)(pixels))[0]
+    difference = np.abs(seen - load_image(tmp_path / "photo.png", size))
+    # Pillow rounds with fixed-point arithmetic: a level either way, at a few pixels.
+    assert difference.max() <= 1 and difference.mean() < 0.1
+
+
+def test_resize_leaves_images_at_the_model_size_unchanged():
+    import tensorflow as tf
+
+    layer = Resize(32, 32)
+    augmented = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    assert np.array_equal(layer(augmented), augmented)
+    # With the size unknown when traced (a SavedModel's signature), the arithmetic is an identity too.
+    unknown_size = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    pixels = raw_images(2, 32, 32)
+    assert np.array_equal(unknown_size(pixels), pixels)
+
+
+def test_resize_converts_to_tflite_builtin_ops():
+    """tf.image's antialiased resize needs Flex ops; a model with any input size must not."""
+    import tensorflow as tf
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, Resize(16, 16)(inputs))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    pixels = raw_images(1, 151, 203)  # reduced by 3 and 4 first, the last blocks partial
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], pixels.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert out.shape == (1, 16, 16, 3)
+    assert np.allclose(out, model(pixels), atol=1e-3)
+
+
+def _fit_head(model, classes: list[str], per_class: int = 4) -> None:
+    """A softmax head fitted (numpy, seconds) on the pooled features of a few training photos."""
+    paths = [p for name in classes for p in sorted((FLOWERS / "train" / name).iterdir())[:per_class]]
+    features = np.asarray(feature_model(model)(np.stack([load_image(p, 224) for p in paths]), training=False))
+    labels = np.repeat(np.arange(len(classes)), per_class)
+    mean, scale = features.mean(axis=0), features.std()
+    z = (features - mean) / scale
+    weights = np.zeros((z.shape[1], len(classes)))
+    for _ in range(300):  # gradient descent on the L2-regularised cross-entropy
+        logits = z @ weights
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(len(labels)), labels] -= 1
+        weights -= 0.5 * (z.T @ p / len(labels) + 0.01 * weights)
+    model.get_layer("predictions").set_weights([weights / scale, -(mean / scale) @ weights])
+
+
+@pytest.mark.slow
+@requires_flowers
+def test_a_large_photo_given_raw_to_model_keras_is_classified_as_tlcli_decodes_it(tmp_path, monkeypatch):
+    """A 1600x1200 photo through model.keras on its raw pixels, and through tlcli's own decoder:
+    the same top-1, probabilities within 0.02.
+
+    The photos are flowers-dev val photos enlarged, with grain: an enlarged photo lacks the fine
+    detail of a real 2-megapixel one. PNG, because a JPEG's decoder already shrinks it in the
+    DCT (draft mode), which no model given decoded pixels can reproduce.
+    """
+    import tlcli
+
+    use_keras_home(monkeypatch, KERAS_HOME)
+    classes = sorted(p.name for p in (FLOWERS / "train").iterdir() if p.is_dir())
+    model = build_classifier("mobilenet_v2", len(classes), 224, "imagenet")
+    _fit_head(model, classes)
+    model.save(tmp_path / "model.keras")
+    loaded = tlcli.load_model(tmp_path / "model.keras")
+    rng = np.random.default_rng(0)
+    for name in classes:
+        photo = np.asarray(Image.open(sorted((FLOWERS / "val" / name).iterdir())[0]).convert("RGB")
+                           .resize((1600, 1200), Image.BICUBIC), np.float32)
+        grain = np.clip(photo + rng.normal(0, 8, photo.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(grain).save(tmp_path / f"{name}.png", compress_level=1)
+        raw = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))[None]
+        on_raw = np.asarray(loaded(raw, training=False))[0]
+        decoded = np.asarray(loaded(load_image(tmp_path / f"{name}.png", 224)[None], training=False))[0]
+        assert on_raw.argmax() == decoded.argmax(), (name, on_raw, decoded)
+        assert np.abs(on_raw - decoded).max() < 0.02, (name, on_raw, decoded)
+
+
+# ---------------------------------------------------------------- plain calls
+
+
+@pytest.mark.parametrize("start", ["scratch", "pretrained"])
+def test_plain_call_of_a_saved_model_computes_what_predict_does(tmp_path, start):
+    """`model(x)` is inference: BatchNorm on its moving statistics, no dropout."""
+    weights = "none"
+    if start == "pretrained":  # a weights file makes the backbone pretrained without a download
+        weights = str(tmp_path / "backbone.weights.h5")
+        build_backbone("tiny", "none", 32).save_weights(weights)
+    build_classifier("tiny", 3, 32, weights, dropout=0.5).save(tmp_path / "model.keras")
+    model = load_classifier(tmp_path / "model.keras")
+    images = raw_images(4, 40, 40)
+    assert np.allclose(np.asarray(model(images)), model.predict(images, verbose=0), atol=1e-5)
+
+
+# ---------------------------------------------------------------- freezing per phase
 
 
 def test_freeze_then_unfreeze_trainable_counts(classifier):
@@ -67,15 +195,18 @@ def test_batchnorm_statistics_do_not_move_in_fine_tuning():
 def test_head_model_shares_layers_with_classifier(classifier):
     head = head_model(classifier)
     features = feature_model(classifier)
-    x = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    x = raw_images(3, 32, 32, seed=1)
     assert np.allclose(head.predict(features.predict(x, verbose=0), verbose=0), classifier.predict(x, verbose=0), atol=1e-5)
     assert head.get_layer("predictions") is classifier.get_layer("predictions")
+
+
+# ---------------------------------------------------------------- saving and loading
 
 
 def test_saved_model_loads_in_safe_mode(classifier, tmp_path):
     classifier.save(tmp_path / "m.keras")
     loaded = load_classifier(tmp_path / "m.keras")
-    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    x = raw_images(2, 32, 32, seed=2)
     assert np.allclose(loaded.predict(x, verbose=0), classifier.predict(x, verbose=0), atol=1e-6)
 
 

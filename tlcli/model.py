@@ -1,6 +1,6 @@
 """The classifier: raw RGB in, class probabilities out.
 
-    image (any size, 0-255) -> Resizing -> Preprocess -> backbone -> pooling -> [dropout -> dense]
+    image (any size, 0-255) -> Resize -> Preprocess -> backbone -> pooling -> [dropout -> dense]
 
 The bracketed head is also a model of its own (`head_model`), sharing the same layers, so the
 head can be trained on cached backbone features and the classifier uses the result as is.
@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from tlcli.backbones import build_backbone, get_spec
+from tlcli.data import _REDUCING_GAP  # the decoder's: serving must shrink as training did
 
 BACKBONE_NAME = "backbone"
 
@@ -19,6 +20,90 @@ BACKBONE_NAME = "backbone"
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="tlcli")
+class Resize(layers.Layer):
+    """Any image to `height` x `width`, computing what tlcli.data's decoder computes with Pillow.
+
+    Training sees images that Pillow shrank (block-average by a whole factor while at least
+    `reducing_gap` times the target remains, then bilinear with antialiasing, stretched to the
+    target). A model given full-size pixels must see the same picture, so this layer does the
+    same arithmetic in the graph (Keras's Resizing is bilinear without antialiasing: a large
+    photo aliases). Pillow's rounding to 8 bits between passes is reproduced too, so the two
+    agree to within a level or so. JPEG files are the exception: the decoder already shrinks
+    them by 2, 4 or 8 in the DCT (Image.draft), which the model cannot know about.
+    Only TFLite builtin ops are used (tf.image's antialiased resize is not one). An image already
+    at the target size passes through unchanged (when its size is known only at run time, as
+    in a SavedModel, fractional pixel values are rounded to whole levels, as Pillow's would be).
+
+    It has no `training` argument: Keras's Resizing defaults to training=True and hands that to
+    every later layer of a plain `model(x)` call, running BatchNorm and Dropout in training mode.
+    """
+
+    def __init__(self, height: int, width: int, reducing_gap: int = _REDUCING_GAP, **kwargs):
+        super().__init__(**kwargs)
+        self.height, self.width, self.reducing_gap = int(height), int(width), int(reducing_gap)
+
+    def call(self, images):
+        if tuple(images.shape[1:3]) == (self.height, self.width):
+            return keras.ops.cast(images, self.compute_dtype)
+        x = keras.ops.cast(images, "float32")  # 0-255 sums stay exact; float16 would round them
+        x, height = self._reduce(x, 1, self.height)
+        x, width = self._reduce(x, 2, self.width)
+        # Pillow rounds to 8 bits after reducing and after each pass (width first, then height).
+        x = self._round(x)
+        x = self._round(self._resample(x, 2, self.width, width))
+        x = self._round(self._resample(x, 1, self.height, height))
+        return keras.ops.cast(x, self.compute_dtype)
+
+    @staticmethod
+    def _round(x):
+        return keras.ops.floor(x + 0.5)  # half up, as Pillow's fixed-point arithmetic
+
+    def _reduce(self, x, axis: int, size: int):
+        """Block-average `axis` of an NHWC batch by the whole factor Pillow would use (1 when
+        less than `reducing_gap` times `size` is there); returns it and its true extent in
+        reduced pixels (the last block may be partial: it averages only the pixels it has)."""
+        ops = keras.ops
+        shape = list(ops.shape(x))
+        length = shape[axis]
+        factor = ops.maximum(length // (size * self.reducing_gap), 1)
+        reduced = (length + factor - 1) // factor
+        padding = [[0, 0]] * 4
+        padding[axis] = [0, reduced * factor - length]
+        blocks = shape[:axis] + [reduced, factor] + shape[axis + 1:]
+        x = ops.sum(ops.reshape(ops.pad(x, padding), blocks), axis=axis + 1)
+        last = ops.cast(length - (reduced - 1) * factor, "float32")
+        counts = ops.where(ops.arange(reduced) == reduced - 1, last, ops.cast(factor, "float32"))
+        x = x / ops.reshape(counts, [-1 if a == axis else 1 for a in range(4)])
+        return x, ops.cast(length, "float32") / ops.cast(factor, "float32")
+
+    @staticmethod
+    def _resample(x, axis: int, size: int, extent):
+        """Pillow's BILINEAR resize of `axis` from `extent` pixels to `size`: a triangle filter
+        stretched over `extent / size` pixels when shrinking (antialiasing), edges renormalised."""
+        ops = keras.ops
+        length = ops.shape(x)[axis]
+        scale = extent / size
+        support = ops.maximum(scale, 1.0)
+        taps = ops.cast(ops.ceil(2.0 * support), "int32") + 1
+        centres = (ops.cast(ops.arange(size), "float32") + 0.5) * scale
+        first = ops.maximum(ops.cast(ops.floor(centres - support + 0.5), "int32"), 0)
+        index = first[:, None] + ops.arange(taps)[None, :]
+        weights = ops.maximum(0.0, 1.0 - ops.abs((ops.cast(index, "float32") + 0.5 - centres[:, None]) / support))
+        weights = ops.where(index < length, weights, 0.0)
+        weights = weights / ops.sum(weights, axis=1, keepdims=True)
+        gathered = ops.take(x, ops.minimum(index, length - 1), axis=axis)  # (.., size, taps, ..)
+        weights = ops.reshape(weights, [size if a == axis else -1 if a == axis + 1 else 1 for a in range(5)])
+        return ops.sum(gathered * weights, axis=axis + 1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width,
+                "reducing_gap": self.reducing_gap}
 
 
 @keras.saving.register_keras_serializable(package="tlcli")
@@ -55,7 +140,7 @@ def build_classifier(backbone: str, n_classes: int, image_size: int, weights: st
     """The deployable model for `backbone` with a fresh softmax head of `n_classes`."""
     spec = get_spec(backbone)
     inputs = keras.Input((None, None, 3), name="image")
-    x = layers.Resizing(image_size, image_size, name="resize")(inputs)
+    x = Resize(image_size, image_size, name="resize")(inputs)
     x = Preprocess(spec.preprocess, name="preprocess")(x)
     features = build_backbone(backbone, weights, image_size)
     features.name = BACKBONE_NAME
