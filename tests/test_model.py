@@ -4,6 +4,7 @@ float32 saving, plain calls, safe loading."""
 import json
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -14,8 +15,8 @@ from conftest import FLOWERS, KERAS_HOME, requires_flowers, use_keras_home
 from tlcli.backbones import build_backbone
 from tlcli.data import load_image
 from tlcli.errors import TlcliError
-from tlcli.model import (Preprocess, Resize, build_classifier, count_params, feature_model, freeze_backbone,
-                         get_backbone, head_model, load_classifier, unfreeze_top)
+from tlcli.model import (Preprocess, Resize, build_classifier, count_params, feature_model, float32_copy,
+                         freeze_backbone, get_backbone, head_model, load_classifier, unfreeze_top)
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,62 @@ def test_head_model_shares_layers_with_classifier(classifier):
     x = raw_images(3, 32, 32, seed=1)
     assert np.allclose(head.predict(features.predict(x, verbose=0), verbose=0), classifier.predict(x, verbose=0), atol=1e-5)
     assert head.get_layer("predictions") is classifier.get_layer("predictions")
+
+
+# ---------------------------------------------------------------- float32 saving
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "mobilenet_v2"])
+def test_float32_copy_of_a_mixed_precision_classifier(backbone, tmp_path):
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        mixed = build_classifier(backbone, 3, 32, "none")
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    images = raw_images(4, 40, 40)
+    assert feature_model(mixed)(images).dtype == "float16"
+    copy = float32_copy(mixed)
+    assert {layer.dtype_policy.name for layer in _all_layers(copy)} == {"float32"}
+    assert feature_model(copy)(images).dtype == "float32"
+    assert len(copy.get_weights()) == len(mixed.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(mixed.get_weights(), copy.get_weights()))
+    probabilities = np.asarray(copy(images, training=False))
+    assert np.allclose(probabilities, np.asarray(mixed(images, training=False)), atol=1e-2)
+    copy.save(tmp_path / "model.keras")
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        config = archive.read("config.json").decode()
+    assert "float16" not in config
+    if backbone == "tiny":
+        loaded = load_classifier(tmp_path / "model.keras")
+        assert np.allclose(np.asarray(loaded(images, training=False)), probabilities, atol=1e-6)
+
+
+def test_float32_copy_converts_to_a_float32_tflite_model():
+    import tensorflow as tf
+
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        mixed = build_classifier("tiny", 3, 32, "none")
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    copy = float32_copy(mixed)
+    inputs = keras.Input((32, 32, 3), batch_size=1)
+    fixed = keras.Model(inputs, copy(inputs, training=False))
+    interpreter = tf.lite.Interpreter(model_content=tf.lite.TFLiteConverter.from_keras_model(fixed).convert())
+    assert {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()} <= {"float32", "int32"}
+    interpreter.allocate_tensors()
+    image = raw_images(1, 32, 32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert np.allclose(out, copy.predict(image, verbose=0), atol=1e-5)
 
 
 # ---------------------------------------------------------------- saving and loading

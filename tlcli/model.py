@@ -158,6 +158,33 @@ def build_classifier(backbone: str, n_classes: int, image_size: int, weights: st
     return keras.Model(inputs, outputs, name=f"tlcli_{backbone}")
 
 
+def float32_copy(classifier: keras.Model) -> keras.Model:
+    """The same model with every layer computing in float32, holding the same weights.
+
+    Under mixed precision (`mixed_float16`) the classifier is built with float16 layer policies,
+    and saved as it is it would compute in float16 wherever it is loaded or converted. Weights
+    are float32 either way, so the copy is exact. To save repeatedly, keep one copy and refresh
+    it with `copy.set_weights(classifier.get_weights())`.
+    """
+    copy = keras.Model.from_config(_float32_config(classifier.get_config()))
+    copy.set_weights(classifier.get_weights())
+    return copy
+
+
+def _float32_config(node):
+    """A model config with every dtype policy float32 (nested models and tensor specs included)."""
+    if isinstance(node, list):
+        return [_float32_config(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("class_name") == "DTypePolicy":
+        return {**node, "config": {**node["config"], "name": "float32"}}
+    node = {key: _float32_config(value) for key, value in node.items()}
+    if node.get("class_name") == "__keras_tensor__" and node["config"].get("dtype") in ("float16", "bfloat16"):
+        node["config"] = {**node["config"], "dtype": "float32"}
+    return node
+
+
 def get_backbone(classifier: keras.Model) -> keras.Model:
     return classifier.get_layer(BACKBONE_NAME)
 
