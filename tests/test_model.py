@@ -12,11 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import FLOWERS, KERAS_HOME, requires_flowers, use_keras_home
+from tlcli.augment import build_augmenter
 from tlcli.backbones import build_backbone
+from tlcli.config import AugmentConfig
 from tlcli.data import load_image
 from tlcli.errors import TlcliError
 from tlcli.model import (Preprocess, Resize, build_classifier, count_params, feature_model, float32_copy,
-                         freeze_backbone, get_backbone, head_model, load_classifier, unfreeze_top)
+                         freeze_backbone, get_backbone, head_model, load_classifier, pretrained, unfreeze_top)
 
 
 @pytest.fixture(scope="module")
@@ -176,21 +178,46 @@ def test_freeze_then_unfreeze_trainable_counts(classifier):
     assert all(l.trainable for l in body[-count:] if not isinstance(l, keras.layers.BatchNormalization))
     assert not any(l.trainable for l in body if isinstance(l, keras.layers.BatchNormalization))
     assert count_params(classifier)[0] > trainable
-    unfreeze_top(classifier, 2)  # a whole number is a layer count
-    assert sum(l.trainable for l in body) <= 2
+    # A whole number is a layer count.
+    assert unfreeze_top(classifier, 2, freeze_batchnorm=False) == 2
+    assert [l.name for l in body if l.trainable] == ["bn2", "relu2"]
+    freeze_backbone(classifier)
 
 
-def test_batchnorm_statistics_do_not_move_in_fine_tuning():
+def _phase2(classifier, weights: str, augment: bool = True):
+    """Phase 2 as tlcli.train runs it end to end: the top of the backbone unfrozen, augmentation
+    and classifier trained together as one Sequential (which hands training=True down)."""
+    freeze_backbone(classifier)
+    unfreeze_top(classifier, 1.0, freeze_batchnorm=pretrained(weights))
+    trainer = keras.Sequential([build_augmenter(AugmentConfig(enabled=augment), 32), classifier])
+    trainer.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    return trainer
+
+
+def test_pretrained_batchnorm_stays_frozen_and_in_inference_mode_in_fine_tuning(tmp_path):
+    weights = str(tmp_path / "backbone.weights.h5")
+    build_backbone("tiny", "none", 32).save_weights(weights)
+    model = build_classifier("tiny", 2, 32, weights, dropout=0.0)
+    trainer = _phase2(model, weights, augment=False)
+    images, labels = raw_images(8, 32, 32), np.array([0, 1] * 4)
+    # In training mode the batch statistics would replace ImageNet's: the output would change.
+    assert np.allclose(np.asarray(trainer(images, training=True)), model.predict(images, verbose=0), atol=1e-5)
+    bn, conv = get_backbone(model).get_layer("bn2"), get_backbone(model).get_layer("conv2")
+    bn_before, conv_before = [w.copy() for w in bn.get_weights()], conv.get_weights()[0].copy()
+    trainer.fit(images, labels, epochs=2, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(bn_before, bn.get_weights()))  # gamma, beta, statistics
+    assert not np.array_equal(conv_before, conv.get_weights()[0])
+
+
+def test_batchnorm_learns_in_end_to_end_training_from_scratch():
     model = build_classifier("tiny", 2, 32, "none")
-    unfreeze_top(model, 1.0)
+    trainer = _phase2(model, "none")
     bn = get_backbone(model).get_layer("bn2")
-    before = [w.copy() for w in bn.get_weights()]
-    model.compile(keras.optimizers.Adam(1e-2), "categorical_crossentropy")
-    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    model.fit(x, keras.utils.to_categorical([0, 1] * 4, 2), epochs=2, verbose=0)
-    assert all(np.array_equal(a, b) for a, b in zip(before, bn.get_weights()))
-    assert not np.array_equal(get_backbone(model).get_layer("conv2").get_weights()[0],
-                              build_classifier("tiny", 2, 32, "none").get_layer("backbone").get_layer("conv2").get_weights()[0])
+    gamma, beta, mean, variance = (w.copy() for w in bn.get_weights())
+    trainer.fit(raw_images(8, 32, 32), np.array([0, 1] * 4), epochs=2, verbose=0)
+    new_gamma, new_beta, new_mean, new_variance = bn.get_weights()
+    assert not np.array_equal(gamma, new_gamma) and not np.array_equal(beta, new_beta)
+    assert not np.array_equal(mean, new_mean) and not np.array_equal(variance, new_variance)
 
 
 def test_head_model_shares_layers_with_classifier(classifier):

@@ -145,8 +145,9 @@ def build_classifier(backbone: str, n_classes: int, image_size: int, weights: st
     features = build_backbone(backbone, weights, image_size)
     features.name = BACKBONE_NAME
     if pretrained(weights):
-        # training=False keeps BatchNorm in inference mode even while the backbone is fine-tuned:
-        # its ImageNet statistics are worth more than a small dataset's batch statistics.
+        # Holds for calls that do not say (model(x)); an explicit training=True (fit) overrides
+        # it. What keeps ImageNet's BatchNorm statistics through fine-tuning is unfreeze_top
+        # freezing BatchNorm: a frozen BatchNormalization always runs in inference mode.
         x = features(x, training=False)
     else:
         x = features(x)  # from scratch there are no statistics to protect: BatchNorm learns
