@@ -9,7 +9,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /work
 COPY pyproject.toml README.md ./
 COPY tlcli ./tlcli
-RUN pip install ".[litert]"
+# tensorflow-cpu on amd64, tensorflow on arm64 (pyproject.toml picks), LiteRT on both.
+RUN pip install .
 
 # Runs land in /work/runs; mount it to keep them, and /keras to reuse downloaded weights:
 #   docker run --rm -v "$PWD/data:/data" -v "$PWD/runs:/work/runs" -v "$HOME/.keras:/keras" tlcli train /data
