@@ -192,6 +192,9 @@ def _report(result, as_json: bool, quiet: bool) -> None:
         print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}))
     elif not quiet:
         out.print(_summary_table(result.run_dir, result.metrics))
+        run = result.run_dir
+        out.print(f"Curves: {run / 'curves.png'} (loss and accuracy per epoch)", highlight=False, soft_wrap=True)
+        out.print(f"Next:   tlcli predict IMAGES --model {run}", highlight=False, soft_wrap=True)
 
 
 def _summary_table(run_dir: Path, metrics: dict) -> Table:
@@ -280,6 +283,10 @@ def _load_model_ref(model: Optional[str], project: str):
     return ref
 
 
+SUMMARY_ABOVE = 10  # more images than this: the terminal table is a summary and the first rows
+FIRST_ROWS = 5
+
+
 @command()
 def predict(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
@@ -289,6 +296,7 @@ def predict(
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="table, json or csv (default: from --output's extension, else table).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file instead of the terminal.", show_default=False)] = None,
     batch_size: BatchSize = 32,
+    full: Annotated[bool, typer.Option("--full", help=f"Print every row of the table, even for more than {SUMMARY_ABOVE} images.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ):
     """Predict the class of images with a trained model (.keras, SavedModel or .tflite).
@@ -296,6 +304,9 @@ def predict(
     Image size, preprocessing and labels come from the model and its run folder. A file that
     cannot be read gets a row with its error and makes the exit code 1; the others are still
     predicted. JSON rows: {"path", "label", "confidence", "top_k": [{"label", "confidence"}], "error"}.
+
+    In the terminal, more than a screenful of images gets a summary (images and mean confidence
+    per predicted class) and the first rows; --full, --format or --output give every row.
 
     Example: [bold]tlcli predict photos/ extra.jpg 'more/*.png' --format json -o predictions.json[/]
     """
@@ -314,14 +325,42 @@ def predict(
         write_text(output, render(results, fmt))
         if not quiet:
             err.print(f"Wrote {len(results)} prediction(s) to {output}", highlight=False)
-    elif fmt == "table":
+    elif fmt == "table" and (full or len(results) <= SUMMARY_ABOVE):
         out.print(results_table(results))
+    elif fmt == "table":
+        for part in _predictions_summary(results):
+            out.print(part, highlight=False)
     else:
         sys.stdout.write(render(results, fmt))
     if failed:
         if not quiet:
             err.print(f"[yellow]{failed} of {len(results)} input(s) failed.[/]", highlight=False)
         raise typer.Exit(1)
+
+
+def _predictions_summary(results: list[dict]) -> list:
+    """Images and mean confidence per predicted class, the first rows (and any that failed), and a hint."""
+    from rich.text import Text
+
+    from tlcli.predict import results_table
+
+    confidences: dict[str, list[float]] = {}
+    for r in results:
+        if not r["error"]:
+            confidences.setdefault(r["label"], []).append(r["confidence"])
+    failed = [r for r in results if r["error"]]
+    summary = Table(title=f"{len(results)} predictions", title_justify="left")
+    for column in ("predicted class", "images", "mean confidence"):
+        summary.add_column(column, justify="left" if column == "predicted class" else "right")
+    for label, values in sorted(confidences.items(), key=lambda item: (-len(item[1]), item[0])):
+        summary.add_row(Text(label, style="bold"), str(len(values)), f"{sum(values) / len(values):.3f}")
+    if failed:
+        summary.add_row(Text("(could not be read)", style="red"), str(len(failed)), "")
+    later_failures = [r for r in results[FIRST_ROWS:] if r["error"]]
+    first = results_table(results[:FIRST_ROWS] + later_failures)
+    first.title = f"First {FIRST_ROWS} of {len(results)}" + (", and the ones that failed" if later_failures else "")
+    hint = "Every row: add --full, or save them with -o predictions.csv (or .json)."
+    return [summary, first, hint]
 
 
 @command()
