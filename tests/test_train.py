@@ -3,10 +3,11 @@
 import csv
 import json
 import os
+import zipfile
 
 import pytest
 
-from conftest import FLOWERS, KERAS_HOME, make_folder, requires_flowers, use_keras_home
+from conftest import FLOWERS, KERAS_HOME, make_folder, requires_flowers, saved_model_figures, use_keras_home
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "2", "--cache-views", "2",
         "--fine-tune-epochs", "1", "--batch-size", "8"]
@@ -26,21 +27,14 @@ def test_train_leaves_a_complete_run_directory(cli, trained_run):
     assert {"val_accuracy", "val_loss", "n_train", "n_val", "n_skipped", "seconds", "peak_memory_mb"} <= set(metrics)
     assert metrics["n_train"] + metrics["n_val"] == 24 and metrics["n_skipped"] == 0
     assert {"phase1", "phase2", "total"} <= set(metrics["seconds"])
-    assert 0 <= metrics["val_accuracy"] <= 1
+    assert metrics["saved_model_check"]["agrees"] is True
     assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (trained_run.parent / "latest").read_text().strip() == trained_run.name
 
 
 def test_saved_model_reproduces_reported_val_metrics(trained_run):
-    """metrics.json describes the saved model, not the last epoch."""
-    from tlcli.config import TrainConfig
-    from tlcli.data import load_folder
-    from tlcli.model import load_classifier
-
-    config = TrainConfig.from_dict(json.loads((trained_run / "config.json").read_text()))
-    folder = load_folder(config.data_dir, config.image_size, config.val_split, config.seed)
-    probabilities = load_classifier(trained_run / "model.keras").predict(folder.val.images.astype("float32"), verbose=0)
-    accuracy = float((probabilities.argmax(1) == folder.val.labels).mean())
+    """metrics.json describes the saved model, not the last epoch (end-to-end phase 2)."""
+    accuracy, _ = saved_model_figures(trained_run)
     assert accuracy == pytest.approx(json.loads((trained_run / "metrics.json").read_text())["val_accuracy"])
 
 
@@ -105,9 +99,10 @@ def test_flowers_mobilenet_v2_defaults_reach_080(cli, tmp_path, monkeypatch):
     assert metrics["val_accuracy"] >= 0.80
 
 
-def test_cached_fine_tuning_matches_the_saved_model_end_to_end(tmp_path, image_folder):
-    """With pretrained weights phase 2 trains on cached activations; the figures it reports for
-    the best epoch must be those of model.keras run on the images themselves."""
+def test_cached_fine_tuning_reports_what_model_keras_computes(tmp_path, image_folder):
+    """With pretrained weights (here a saved random-init weights file, so no download) phase 2
+    trains on cached activations; the figures reported for the best epoch must be those of
+    model.keras run on the validation images themselves."""
     from tlcli.backbones import build_backbone
     from tlcli.config import TrainConfig
     from tlcli.train import train
@@ -115,10 +110,58 @@ def test_cached_fine_tuning_matches_the_saved_model_end_to_end(tmp_path, image_f
     weights = tmp_path / "tiny.weights.h5"
     build_backbone("tiny", "none", 32).save_weights(weights)
     config = TrainConfig(str(image_folder), backbone="tiny", weights=str(weights), image_size=32, epochs=1,
-                         cache_views=2, fine_tune_epochs=2, fine_tune_lr=1e-2, batch_size=8, project=str(tmp_path / "r"))
+                         cache_views=2, fine_tune_epochs=3, fine_tune_lr=1e-2, batch_size=8, label_smoothing=0.0,
+                         project=str(tmp_path / "r"))
     result = train(config, quiet=True)
-    assert [row["phase"] for row in result.history] == [1, 2, 2]
-    best = result.history[result.metrics["best_epoch"] - 1]
-    assert best["val_accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
-    assert best["val_loss"] == pytest.approx(result.metrics["val_loss"], rel=1e-3)
+    assert [row["phase"] for row in result.history] == [1, 2, 2, 2]
+    assert result.metrics["best_epoch"] > 1, "the check needs a best epoch from the cached phase 2"
+    accuracy, cross_entropy = saved_model_figures(result.run_dir)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert accuracy == pytest.approx(metrics["val_accuracy"], abs=1e-6)
+    assert cross_entropy == pytest.approx(metrics["val_loss"], rel=1e-3)
     assert not (result.run_dir / ".cache").exists()  # the cache is removed with training
+
+
+def test_mixed_precision_run_saves_a_float32_model_that_exports(tmp_path, image_folder, cli):
+    """A mixed_float16 run (as on a GPU) must save a model that computes in float32 everywhere."""
+    from tlcli.config import TrainConfig
+    from tlcli.model import load_classifier
+    from tlcli.train import train
+
+    config = TrainConfig(str(image_folder), backbone="tiny", weights="none", image_size=32, epochs=1,
+                         cache_views=1, fine_tune_epochs=1, batch_size=8, mixed_precision="on",
+                         project=str(tmp_path / "r"))
+    run = train(config, quiet=True).run_dir
+    with zipfile.ZipFile(run / "model.keras") as archive:
+        saved_config = archive.read("config.json").decode()
+    model = load_classifier(run / "model.keras")
+    policies = {layer.dtype_policy.name for layer in model.layers}
+    policies |= {layer.dtype_policy.name for layer in model.get_layer("backbone").layers}
+    assert policies == {"float32"}
+    assert "mixed_float16" not in saved_config and "float16" not in saved_config
+    result = cli(["export", "--model", run, "--tflite"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_saved_model_that_disagrees_with_training_is_reported(tmp_path, image_folder, monkeypatch):
+    """The final check runs model.keras itself: a file that does not compute what training
+    measured (here, weights altered on their way to disk) is flagged, not hidden."""
+    import tlcli.callbacks as callbacks
+    from tlcli.config import TrainConfig
+    from tlcli.train import train
+
+    real_save = callbacks.save_model
+
+    def corrupting_save(model, path):
+        bias = model.get_layer("predictions").bias
+        original = bias.numpy()
+        bias.assign(original + [5.0, -5.0, -5.0])
+        real_save(model, path)
+        bias.assign(original)
+
+    monkeypatch.setattr(callbacks, "save_model", corrupting_save)
+    config = TrainConfig(str(image_folder), backbone="tiny", weights="none", image_size=32, epochs=1,
+                         cache_views=1, fine_tune_epochs=0, batch_size=8, project=str(tmp_path / "r"))
+    result = train(config, quiet=True)
+    check = json.loads((result.run_dir / "metrics.json").read_text())["saved_model_check"]
+    assert check["agrees"] is False and check["val_accuracy"] == pytest.approx(1 / 3)

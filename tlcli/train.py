@@ -115,13 +115,16 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
                                   state or {"phase": 1, "epoch": 0, "history": [], "best": None, "best_epoch": None},
                                   resumed=state is not None)
                 try:
-                    return _fit(session)
+                    result = _fit(session)
                 finally:
                     shutil.rmtree(run / CACHE_DIR, ignore_errors=True)
                     if not chief:
                         shutil.rmtree(run, ignore_errors=True)
         finally:
             keras.mixed_precision.set_dtype_policy(previous_policy)
+        if chief:  # outside the strategy: one host checks and completes the run
+            _complete(result, data, config, say)
+        return result
 
 
 def _locate_data(config: TrainConfig, run: Path, data_dir: str | Path | None) -> TrainConfig:
@@ -322,7 +325,8 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
 
 
 def _finalize(s: Session, keeper: BestKeeper) -> TrainResult:
-    """The best weights in model.keras (float32 whatever the training policy), metrics, history."""
+    """The best weights in model.keras (float32 whatever the training policy), metrics, history.
+    `_complete` then checks the saved file and marks the run complete."""
     keeper.restore()
     keeper.flush()
     history, data = s.state["history"], s.data
@@ -344,11 +348,33 @@ def _finalize(s: Session, keeper: BestKeeper) -> TrainResult:
         "resumed": s.resumed,
     }
     write_history(s.run, history)
-    write_json(s.run / "metrics.json", metrics)
-    checkpoint.remove_last(s.run)
-    if s.chief:
-        mark_complete(s.run)
     return TrainResult(s.run, metrics, history)
+
+
+def _complete(result: TrainResult, data, config: TrainConfig, say) -> None:
+    """Check the saved model.keras on the validation images against the figures recorded for its
+    epoch (as Ultralytics' final_eval does), then write metrics.json and mark the run complete.
+
+    A disagreement means the file does not compute what training measured (a wrong epoch's
+    weights, a float16 model, a preprocessing mismatch): it is reported, and recorded in
+    metrics.json, rather than hidden.
+    """
+    model = load_classifier(result.run_dir / "model.keras")
+    images, labels = data.val.images, data.val.labels
+    probabilities = np.concatenate([model.predict_on_batch(images[i:i + config.batch_size].astype(np.float32))
+                                    for i in range(0, len(images), config.batch_size)])
+    onehot = np.eye(len(data.class_names), dtype=np.float32)[labels]
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    loss = float(_loss(config)(onehot, probabilities))
+    metrics = result.metrics
+    agrees = abs(accuracy - metrics["val_accuracy"]) < 1e-6 and abs(loss - metrics["val_loss"]) <= 1e-3 * max(1.0, loss)
+    metrics["saved_model_check"] = {"val_accuracy": accuracy, "val_loss": round(loss, 5), "agrees": agrees}
+    if not agrees:
+        say(f"[yellow]warning:[/] model.keras scores {accuracy:.4f} accuracy / {loss:.4f} loss on the validation "
+            f"images, but training recorded {metrics['val_accuracy']:.4f} / {metrics['val_loss']:.4f} for its epoch.")
+    write_json(result.run_dir / "metrics.json", metrics)
+    checkpoint.remove_last(result.run_dir)
+    mark_complete(result.run_dir)
 
 
 def _loss(config: TrainConfig):
