@@ -2,7 +2,8 @@
 and turns `TlcliError` into a one-line message with an exit code.
 
 TensorFlow is imported only inside the commands that need it, so `tlcli --help` is instant.
-Every default comes from `tlcli.config`; each command's docstring is its --help.
+Every default and every flag's range comes from `tlcli.config`; each command's docstring is its
+--help; the tables the commands print are built in `tlcli.tables`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from tlcli import __version__
+from tlcli import __version__, tables
 from tlcli.config import AugmentConfig, TrainConfig, check_options
 from tlcli.errors import TlcliError
 
@@ -191,24 +191,10 @@ def _report(result, as_json: bool, quiet: bool) -> None:
     if as_json:
         print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}))
     elif not quiet:
-        out.print(_summary_table(result.run_dir, result.metrics))
+        out.print(tables.train_summary(result.run_dir, result.metrics))
         run = result.run_dir
         out.print(f"Curves: {run / 'curves.png'} (loss and accuracy per epoch)", highlight=False, soft_wrap=True)
         out.print(f"Next:   tlcli predict IMAGES --model {run}", highlight=False, soft_wrap=True)
-
-
-def _summary_table(run_dir: Path, metrics: dict) -> Table:
-    table = Table(title=f"Trained: {run_dir}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_row("val accuracy", f"{metrics['val_accuracy']:.3f}")
-    table.add_row("val loss", f"{metrics['val_loss']:.3f}")
-    table.add_row("best epoch", str(metrics["best_epoch"]))
-    table.add_row("images (train / val / skipped)", f"{metrics['n_train']} / {metrics['n_val']} / {metrics['n_skipped']}")
-    for phase, seconds in metrics["seconds"].items():
-        table.add_row(f"seconds ({phase})", f"{seconds:.1f}")
-    table.add_row("peak memory", f"{metrics['peak_memory_mb']:.0f} MB")
-    return table
 
 
 @command()
@@ -224,14 +210,7 @@ def backbones(
     if as_json:
         print(json.dumps({name: dataclasses.asdict(spec) for name, spec in BACKBONES.items()}, indent=2))
         return
-    table = Table(title="Backbones (Keras Applications)", title_justify="left")
-    table.add_column("name", no_wrap=True, min_width=max(map(len, BACKBONES)))
-    for column in ("size", "min", "features", "prep", "unfreeze", "imagenet"):
-        table.add_column(column, justify="left" if column == "prep" else "right", no_wrap=True)
-    for name, spec in BACKBONES.items():
-        table.add_row(name, str(spec.default_size), str(spec.min_size), str(spec.features), spec.preprocess,
-                      f"{spec.unfreeze:.0%}", "yes" if spec.pretrained else "no")
-    out.print(table)
+    out.print(tables.backbones_table(BACKBONES))
 
 
 @command("augment-preview")
@@ -283,10 +262,6 @@ def _load_model_ref(model: Optional[str], project: str):
     return ref
 
 
-SUMMARY_ABOVE = 10  # more images than this: the terminal table is a summary and the first rows
-FIRST_ROWS = 5
-
-
 @command()
 def predict(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
@@ -296,7 +271,7 @@ def predict(
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="table, json or csv (default: from --output's extension, else table).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file instead of the terminal.", show_default=False)] = None,
     batch_size: BatchSize = 32,
-    full: Annotated[bool, typer.Option("--full", help=f"Print every row of the table, even for more than {SUMMARY_ABOVE} images.")] = False,
+    full: Annotated[bool, typer.Option("--full", help=f"Print every row of the table, even for more than {tables.SUMMARY_ABOVE} images.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ):
     """Predict the class of images with a trained model (.keras, SavedModel or .tflite).
@@ -325,10 +300,10 @@ def predict(
         write_text(output, render(results, fmt))
         if not quiet:
             err.print(f"Wrote {len(results)} prediction(s) to {output}", highlight=False)
-    elif fmt == "table" and (full or len(results) <= SUMMARY_ABOVE):
+    elif fmt == "table" and (full or len(results) <= tables.SUMMARY_ABOVE):
         out.print(results_table(results))
     elif fmt == "table":
-        for part in _predictions_summary(results):
+        for part in tables.predictions_summary(results):
             out.print(part, highlight=False)
     else:
         sys.stdout.write(render(results, fmt))
@@ -336,31 +311,6 @@ def predict(
         if not quiet:
             err.print(f"[yellow]{failed} of {len(results)} input(s) failed.[/]", highlight=False)
         raise typer.Exit(1)
-
-
-def _predictions_summary(results: list[dict]) -> list:
-    """Images and mean confidence per predicted class, the first rows (and any that failed), and a hint."""
-    from rich.text import Text
-
-    from tlcli.predict import results_table
-
-    confidences: dict[str, list[float]] = {}
-    for r in results:
-        if not r["error"]:
-            confidences.setdefault(r["label"], []).append(r["confidence"])
-    failed = [r for r in results if r["error"]]
-    summary = Table(title=f"{len(results)} predictions", title_justify="left")
-    for column in ("predicted class", "images", "mean confidence"):
-        summary.add_column(column, justify="left" if column == "predicted class" else "right")
-    for label, values in sorted(confidences.items(), key=lambda item: (-len(item[1]), item[0])):
-        summary.add_row(Text(label, style="bold"), str(len(values)), f"{sum(values) / len(values):.3f}")
-    if failed:
-        summary.add_row(Text("(could not be read)", style="red"), str(len(failed)), "")
-    later_failures = [r for r in results[FIRST_ROWS:] if r["error"]]
-    first = results_table(results[:FIRST_ROWS] + later_failures)
-    first.title = f"First {FIRST_ROWS} of {len(results)}" + (", and the ones that failed" if later_failures else "")
-    hint = "Every row: add --full, or save them with -o predictions.csv (or .json)."
-    return [summary, first, hint]
 
 
 @command()
@@ -402,36 +352,10 @@ def evaluate(
         print(json.dumps({"out_dir": str(result.out_dir), **result.metrics}))
         return
     if not quiet:
-        for table in _evaluation_tables(result.metrics):
+        for table in tables.evaluation_tables(result.metrics):
             out.print(table)
         out.print(f"Wrote metrics.json, predictions.csv, confusion_matrix.png, errors.png to {result.out_dir}",
                   highlight=False)
-
-
-def _evaluation_tables(m: dict) -> list[Table]:
-    from rich.markup import escape
-
-    summary = Table(title=f"Evaluation ({m['split']} split)", show_header=False, title_justify="left")
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
-    summary.add_row("data", escape(m["data_dir"]))
-    summary.add_row("accuracy", f"{m['accuracy']:.3f}")
-    summary.add_row(f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.3f}")
-    summary.add_row("loss (cross-entropy)", f"{m['loss']:.3f}")
-    summary.add_row("images (skipped)", f"{m['n_images']} ({m['n_skipped']})")
-    classes = Table(title="Per class", title_justify="left")
-    for column in ("class", "precision", "recall", "F1", "support"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
-    rows = list(m["per_class"].items())
-    for i, (name, s) in enumerate(rows):
-        classes.add_row(escape(name), f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
-                        str(s["support"]), end_section=i == len(rows) - 1)
-    for name, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
-        s = m[key]
-        classes.add_row(f"[italic]{name}[/]", f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
-                        str(m["n_images"]))
-    return [summary, classes]
 
 
 @command()
@@ -467,7 +391,7 @@ def explain(
     if as_json:
         print(json.dumps(result.rows, indent=2))
     elif not quiet:
-        out.print(_explain_table(result))
+        out.print(tables.explain_table(result))
         sheet = f" and {result.sheet.name}" if result.sheet else ""
         done = len(result.rows) - result.failed
         out.print(f"Wrote {done} heatmap(s){sheet} to {result.out_dir}", highlight=False)
@@ -475,26 +399,6 @@ def explain(
         if not quiet:
             err.print(f"[yellow]{result.failed} of {len(result.rows)} input(s) failed.[/]", highlight=False)
         raise typer.Exit(1)
-
-
-def _explain_table(result) -> Table:
-    from rich.text import Text
-
-    title = f"Grad-CAM of {result.layer} ({result.grid[0]}x{result.grid[1]}), {len(result.rows)} image(s)"
-    table = Table(title=title, title_justify="left")
-    other = any(r["predicted"] != r["label"] for r in result.rows if not r["error"])  # --class was given
-    columns = ("path", "class", "confidence") + (("predicted",) if other else ()) + ("heatmap",)
-    for column in columns:
-        table.add_column(column, justify="right" if column == "confidence" else "left", overflow="fold")
-    for r in result.rows:
-        if r["error"]:
-            table.add_row(Text(r["path"]), Text("error", style="bold red"), "", *([""] if other else []),
-                          Text(r["error"], style="red"))
-        else:
-            predicted = "" if r["predicted"] == r["label"] else f"{r['predicted']} {r['predicted_confidence']:.3f}"
-            table.add_row(Text(r["path"]), Text(r["label"], style="bold"), f"{r['confidence']:.3f}",
-                          *([Text(predicted)] if other else []), Text(Path(r["heatmap"]).name))
-    return table
 
 
 # ---- export command (issue 4) goes here ----
@@ -537,40 +441,13 @@ def export(
     if as_json:
         print(json.dumps(result.to_dict()))
     elif not quiet:
-        out.print(_export_table(result))
+        out.print(tables.export_table(result))
         for check in result.artifacts:
             for note in check.notes:
                 err.print(f"[yellow]* {check.file}:[/] {note}", highlight=False)
     if result.failures:
         names = ", ".join(f"{c.file} ({c.agreement:.1%} < {c.min_agreement * 100:g}%)" for c in result.failures)
         raise TlcliError(f"below --min-agreement, kept for inspection: {names}", exit_code=1)
-
-
-def _export_table(result) -> Table:
-    from rich import box
-    from rich.markup import escape
-
-    table = Table(title=escape(f"Exported to {result.output}"),
-                  caption=escape(f"Checked on {result.n_check} images: {result.check_data}"),
-                  title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True, show_edge=False)
-    for column in ("file", "size", "×f32", "agreement", "accuracy", "ms/image", "check"):
-        table.add_column(column, justify="left" if column in ("file", "check") else "right", no_wrap=True)
-    float32 = next((c for c in result.artifacts if c.format == "float32"), None)
-    ref = result.reference
-    table.add_row(ref.file, _megabytes(ref.size_bytes), "", "", f"{ref.accuracy:.1%}", f"{ref.latency_ms:.2f}",
-                  "reference")
-    for c in result.artifacts:
-        ratio = f"{c.size_bytes / float32.size_bytes:.2f}" if float32 else ""
-        verdict = ("[green]ok[/]" if c.passed else f"[bold red]FAIL[/] <{c.min_agreement * 100:g}%") + ("*" if c.notes else "")
-        name = c.file + ("/" if c.format == "saved_model" else "")
-        table.add_row(name, _megabytes(c.size_bytes), ratio, f"{c.agreement:.1%}", f"{c.accuracy:.1%}",
-                      f"{c.latency_ms:.2f}", verdict)
-    return table
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def main():

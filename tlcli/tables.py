@@ -1,0 +1,142 @@
+"""The tables the commands print: functions from results to rich renderables, no I/O.
+
+Kept apart from tlcli.cli so that the command definitions stay readable. Importing it imports
+only rich, so `tlcli --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+SUMMARY_ABOVE = 10  # more images than this: the terminal table is a summary and the first rows
+FIRST_ROWS = 5
+
+
+def backbones_table(backbones: dict) -> Table:
+    """`tlcli backbones`: each registry entry's sizes, preprocessing and defaults."""
+    table = Table(title="Backbones (Keras Applications)", title_justify="left")
+    table.add_column("name", no_wrap=True, min_width=max(map(len, backbones)))
+    for column in ("size", "min", "features", "prep", "unfreeze", "imagenet"):
+        table.add_column(column, justify="left" if column == "prep" else "right", no_wrap=True)
+    for name, spec in backbones.items():
+        table.add_row(name, str(spec.default_size), str(spec.min_size), str(spec.features), spec.preprocess,
+                      f"{spec.unfreeze:.0%}", "yes" if spec.pretrained else "no")
+    return table
+
+
+def train_summary(run_dir: Path, metrics: dict) -> Table:
+    """`tlcli train`'s result: accuracy, loss, image counts, time and memory of the run."""
+    table = Table(title=f"Trained: {run_dir}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("val accuracy", f"{metrics['val_accuracy']:.3f}")
+    table.add_row("val loss", f"{metrics['val_loss']:.3f}")
+    table.add_row("best epoch", str(metrics["best_epoch"]))
+    table.add_row("images (train / val / skipped)", f"{metrics['n_train']} / {metrics['n_val']} / {metrics['n_skipped']}")
+    for phase, seconds in metrics["seconds"].items():
+        table.add_row(f"seconds ({phase})", f"{seconds:.1f}")
+    table.add_row("peak memory", f"{metrics['peak_memory_mb']:.0f} MB")
+    return table
+
+
+def predictions_summary(results: list[dict]) -> list:
+    """Images and mean confidence per predicted class, the first rows (and any that failed), and a hint."""
+    from rich.text import Text
+
+    from tlcli.predict import results_table
+
+    confidences: dict[str, list[float]] = {}
+    for r in results:
+        if not r["error"]:
+            confidences.setdefault(r["label"], []).append(r["confidence"])
+    failed = [r for r in results if r["error"]]
+    summary = Table(title=f"{len(results)} predictions", title_justify="left")
+    for column in ("predicted class", "images", "mean confidence"):
+        summary.add_column(column, justify="left" if column == "predicted class" else "right")
+    for label, values in sorted(confidences.items(), key=lambda item: (-len(item[1]), item[0])):
+        summary.add_row(Text(label, style="bold"), str(len(values)), f"{sum(values) / len(values):.3f}")
+    if failed:
+        summary.add_row(Text("(could not be read)", style="red"), str(len(failed)), "")
+    later_failures = [r for r in results[FIRST_ROWS:] if r["error"]]
+    first = results_table(results[:FIRST_ROWS] + later_failures)
+    first.title = f"First {FIRST_ROWS} of {len(results)}" + (", and the ones that failed" if later_failures else "")
+    hint = "Every row: add --full, or save them with -o predictions.csv (or .json)."
+    return [summary, first, hint]
+
+
+def evaluation_tables(m: dict) -> list[Table]:
+    """`tlcli evaluate`'s summary and per-class scores, from its metrics.json."""
+    from rich.markup import escape
+
+    summary = Table(title=f"Evaluation ({m['split']} split)", show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
+    summary.add_row("data", escape(m["data_dir"]))
+    summary.add_row("accuracy", f"{m['accuracy']:.3f}")
+    summary.add_row(f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.3f}")
+    summary.add_row("loss (cross-entropy)", f"{m['loss']:.3f}")
+    summary.add_row("images (skipped)", f"{m['n_images']} ({m['n_skipped']})")
+    classes = Table(title="Per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    rows = list(m["per_class"].items())
+    for i, (name, s) in enumerate(rows):
+        classes.add_row(escape(name), f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+                        str(s["support"]), end_section=i == len(rows) - 1)
+    for name, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        s = m[key]
+        classes.add_row(f"[italic]{name}[/]", f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+                        str(m["n_images"]))
+    return [summary, classes]
+
+
+def explain_table(result) -> Table:
+    """`tlcli explain`'s rows: each image's class, confidence and heatmap file."""
+    from rich.text import Text
+
+    title = f"Grad-CAM of {result.layer} ({result.grid[0]}x{result.grid[1]}), {len(result.rows)} image(s)"
+    table = Table(title=title, title_justify="left")
+    other = any(r["predicted"] != r["label"] for r in result.rows if not r["error"])  # --class was given
+    columns = ("path", "class", "confidence") + (("predicted",) if other else ()) + ("heatmap",)
+    for column in columns:
+        table.add_column(column, justify="right" if column == "confidence" else "left", overflow="fold")
+    for r in result.rows:
+        if r["error"]:
+            table.add_row(Text(r["path"]), Text("error", style="bold red"), "", *([""] if other else []),
+                          Text(r["error"], style="red"))
+        else:
+            predicted = "" if r["predicted"] == r["label"] else f"{r['predicted']} {r['predicted_confidence']:.3f}"
+            table.add_row(Text(r["path"]), Text(r["label"], style="bold"), f"{r['confidence']:.3f}",
+                          *([Text(predicted)] if other else []), Text(Path(r["heatmap"]).name))
+    return table
+
+
+def export_table(result) -> Table:
+    """`tlcli export`'s checks: each file's size, agreement with the Keras model, accuracy, latency."""
+    from rich import box
+    from rich.markup import escape
+
+    table = Table(title=escape(f"Exported to {result.output}"),
+                  caption=escape(f"Checked on {result.n_check} images: {result.check_data}"),
+                  title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, show_edge=False)
+    for column in ("file", "size", "×f32", "agreement", "accuracy", "ms/image", "check"):
+        table.add_column(column, justify="left" if column in ("file", "check") else "right", no_wrap=True)
+    float32 = next((c for c in result.artifacts if c.format == "float32"), None)
+    ref = result.reference
+    table.add_row(ref.file, _megabytes(ref.size_bytes), "", "", f"{ref.accuracy:.1%}", f"{ref.latency_ms:.2f}",
+                  "reference")
+    for c in result.artifacts:
+        ratio = f"{c.size_bytes / float32.size_bytes:.2f}" if float32 else ""
+        verdict = ("[green]ok[/]" if c.passed else f"[bold red]FAIL[/] <{c.min_agreement * 100:g}%") + ("*" if c.notes else "")
+        name = c.file + ("/" if c.format == "saved_model" else "")
+        table.add_row(name, _megabytes(c.size_bytes), ratio, f"{c.agreement:.1%}", f"{c.accuracy:.1%}",
+                      f"{c.latency_ms:.2f}", verdict)
+    return table
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
