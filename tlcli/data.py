@@ -15,7 +15,7 @@ import numpy as np
 from tlcli.errors import TlcliError
 from tlcli.images import load_images
 # Until every caller imports them from tlcli.images:
-from tlcli.images import _REDUCING_GAP, ImageError, load_image, printable_path  # noqa: F401
+from tlcli.images import ImageError, load_image, printable_path  # noqa: F401
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "val", "test")

@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from tlcli.backbones import build_backbone, get_spec
-from tlcli.data import _REDUCING_GAP  # the decoder's: serving must shrink as training did
+from tlcli.images import _REDUCING_GAP  # the decoder's: serving must shrink as training did
 
 BACKBONE_NAME = "backbone"
 
