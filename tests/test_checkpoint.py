@@ -67,8 +67,8 @@ def test_sigint_saves_last_checkpoint_and_resume_completes(image_folder, tmp_pat
 def test_resume_cli_errors(cli, trained_run, tmp_path, image_folder):
     done = cli(["train", "--resume", trained_run])
     assert done.exit_code == 2 and "finished already" in done.output
-    both = cli(["train", image_folder, "--resume", trained_run])
-    assert both.exit_code == 2 and "not both" in both.output
+    neither = cli(["train"])
+    assert neither.exit_code == 2 and "DATA_DIR" in neither.output
     (tmp_path / "empty").mkdir()
     missing = cli(["train", "--resume", tmp_path / "empty"])
     assert missing.exit_code == 2 and "no checkpoint" in missing.output
