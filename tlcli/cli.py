@@ -436,8 +436,10 @@ def export(
     _import_tensorflow_quietly()
     from tlcli.export import export as run_export
 
-    result = run_export(model, project, formats, output, calibration_data, calibration_samples, int8_io,
-                        check_data, min_agreement, console=err, quiet=quiet or as_json)
+    result = run_export(model=model, project=project, formats=formats, output=output,
+                        calibration_data=calibration_data, calibration_samples=calibration_samples,
+                        int8_io=int8_io, check_data=check_data, min_agreement=min_agreement,
+                        console=err, quiet=quiet or as_json)
     if as_json:
         print(json.dumps(result.to_dict()))
     elif not quiet:
