@@ -76,8 +76,9 @@ def main() -> None:
     from rich.table import Table
 
     from tlcli.data import find_images, load_images
-    from tlcli.predict import classify, classify_arrays, open_predictor
+    from tlcli.predict import classify
     from tlcli.rundir import resolve_model
+    from tlcli.runtime import open_model, run_batches
 
     tmp = tempfile.TemporaryDirectory()
     if args.model:
@@ -89,12 +90,12 @@ def main() -> None:
         data = Path(args.data) if args.data else synthetic
     ref = resolve_model(model_path)
     start = time.perf_counter()
-    predictor = open_predictor(ref)
+    runner = open_model(ref)
     load_seconds = time.perf_counter() - start
-    if predictor.kind == "tflite":
+    if runner.kind == "tflite":
         parser.error("give a .keras model or run: the comparison is with Keras model.predict")
     paths = find_images(data)[: args.limit or None]
-    n, size, batch = len(paths), predictor.image_size, args.batch_size
+    n, size, batch = len(paths), runner.image_size, args.batch_size
 
     decoded, ok, skipped = load_images(paths, size)
     if skipped:
@@ -107,9 +108,9 @@ def main() -> None:
 
     variants = {
         "decode only": lambda: load_images(paths, size),
-        "bare model.predict (decoded tensor)": keep("bare", lambda: predictor.model.predict(tensor, batch_size=batch, verbose=0)),
-        "bare tf.function (decoded batches)": lambda: classify_arrays(predictor, decoded, batch),
-        "tlcli pipeline (files -> probabilities)": keep("tlcli", lambda: classify(predictor, paths, batch)),
+        "bare model.predict (decoded tensor)": keep("bare", lambda: runner.model.predict(tensor, batch_size=batch, verbose=0)),
+        "bare tf.function (decoded batches)": lambda: run_batches(runner, decoded, batch),
+        "tlcli pipeline (files -> probabilities)": keep("tlcli", lambda: classify(runner, paths, batch)),
     }
     times = measure(variants, args.repeats)
     best = {name: min(wall) for name, (wall, _) in times.items()}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, FLOWERS, make_folder, requires_flowers
-from test_predict import convert_tflite, export_savedmodel, make_export_folder
+from test_runtime import convert_tflite, export_savedmodel, make_export_folder
 
 OUTPUTS = ("metrics.json", "predictions.csv", "confusion_matrix.png", "errors.png")
 

@@ -12,8 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_folder
+from test_parity import broken_copy, validation_images
+from tlcli.convert import FORMATS
 from tlcli.errors import TlcliError
-from tlcli.export import FORMATS, select_formats
+from tlcli.export import select_formats
 
 
 def _export(args):
@@ -50,10 +52,7 @@ def keras_model(trained_run):
 
 @pytest.fixture(scope="module")
 def val_split(trained_run):
-    from tlcli.data import load_folder
-
-    config = json.loads((trained_run / "config.json").read_text())
-    return load_folder(config["data_dir"], config["image_size"], config["val_split"], config["seed"]).val
+    return validation_images(trained_run)
 
 
 def _plain_interpreter(path):
@@ -80,6 +79,14 @@ def _plain_run(path, images: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def _tlcli_run(path, images: np.ndarray) -> np.ndarray:
+    """Probabilities of an exported file as tlcli runs it (labels and size from its folder)."""
+    from tlcli.rundir import resolve_model
+    from tlcli.runtime import open_model, run_batches
+
+    return run_batches(open_model(resolve_model(path)), images)
+
+
 # ---------------------------------------------------------------- flags
 
 
@@ -95,14 +102,6 @@ def test_select_formats_defaults_repeats_and_all():
     with pytest.raises(TlcliError) as error:
         select_formats(quantize=["int4"])
     assert error.value.exit_code == 2 and "int8" in str(error.value)
-
-
-def test_formats_table_is_consistent():
-    files = [f.file for f in FORMATS.values()]
-    assert len(set(files)) == len(files)
-    assert {name: (fmt.kind, fmt.min_agreement) for name, fmt in FORMATS.items()} == {
-        "float32": ("tflite", 0.98), "float16": ("tflite", 0.98), "dynamic": ("tflite", 0.95),
-        "int8": ("tflite", 0.95), "saved_model": ("saved_model", 0.98)}
 
 
 def test_bad_quantize_value_is_a_one_line_error(cli):
@@ -173,43 +172,8 @@ def test_every_artifact_agrees_with_keras_and_the_report_says_so(exported, keras
     assert report["n_check_images"] == len(val_split) == 6
 
 
-def _brightness_model():
-    """Class 0 ("bright") when the mean pixel is above 128, else class 1, with probabilities of 1.0
-    to float32 precision for uniform images of 200 and 30: every figure below is known by hand."""
-    import keras
-
-    inputs = keras.Input((8, 8, 3), batch_size=1)
-    dense = keras.layers.Dense(2, activation="softmax", name="predictions")
-    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
-    # logit 0 - logit 1 = 0.2 * (r + g + b - 384): +81.6 at 200, -20.4 at 30.
-    dense.set_weights([np.array([[0.1, -0.1]] * 3, np.float32), np.array([-19.2, 19.2], np.float32)])
-    return model
-
-
-@pytest.mark.parametrize(("name", "int8_io"), [("float32", False), ("int8", False), ("int8", True)])
-def test_check_figures_on_a_hand_built_case(tmp_path, name, int8_io):
-    from tlcli.export import check_artifact, convert_tflite
-
-    images = np.concatenate([np.full((6, 8, 8, 3), 200, np.uint8), np.full((4, 8, 8, 3), 30, np.uint8)])
-    truth = np.array([0] * 6 + [1] * 4)
-    labels = truth.copy()
-    labels[0] = 1  # one wrong label: accuracy 9/10
-    reference = np.eye(2, dtype=np.float32)[truth]
-    reference[[8, 9]] = reference[[8, 9], ::-1]  # "Keras" disagrees on two images: agreement 8/10
-    path = tmp_path / f"{name}{'_io' if int8_io else ''}.tflite"
-    path.write_bytes(convert_tflite(_brightness_model(), name, images, int8_io=int8_io)[0])
-    if int8_io:
-        assert _plain_interpreter(path).get_input_details()[0]["dtype"] == np.uint8
-
-    check = check_artifact(path, name, reference, images, labels, min_agreement=0.85)
-    assert (check.agreement, check.accuracy, check.passed) == (0.8, 0.9, False)
-    assert check.max_prob_diff == pytest.approx(1.0, abs=0.01)  # the two flipped rows
-    assert check.size_bytes == path.stat().st_size and check.latency_ms > 0
-    assert check_artifact(path, name, reference, images, labels, min_agreement=0.8).passed is True
-
-
 def test_int8_model_tensors_really_are_int8(exported):
-    from tlcli.export import tensor_dtypes
+    from tlcli.convert import tensor_dtypes
 
     out, _ = exported
     inside = tensor_dtypes(out / "model_int8.tflite", include_io=False)
@@ -225,7 +189,7 @@ def test_int8_model_tensors_really_are_int8(exported):
 
 
 def test_int8_io_has_uint8_tensors_mapping_pixels_as_they_are(exported_int8_io, exported, val_split):
-    from tlcli.export import run_tflite, tensor_dtypes
+    from tlcli.convert import tensor_dtypes
 
     out, report = exported_int8_io
     interpreter = _plain_interpreter(out / "model_int8.tflite")
@@ -237,14 +201,14 @@ def test_int8_io_has_uint8_tensors_mapping_pixels_as_they_are(exported_int8_io, 
     entry = json.loads((out / "model.json").read_text())["files"]["model_int8.tflite"]
     assert entry["input_dtype"] == "uint8" and entry["input_quantization"] == {"scale": 1.0, "zero_point": 0}
     # Same quantized network as the float-I/O int8 model, so the same answers.
-    float_io = run_tflite(exported[0] / "model_int8.tflite", val_split.images)
-    uint8_io = run_tflite(out / "model_int8.tflite", val_split.images)
+    float_io = _tlcli_run(exported[0] / "model_int8.tflite", val_split.images)
+    uint8_io = _tlcli_run(out / "model_int8.tflite", val_split.images)
     assert np.abs(float_io - uint8_io).max() < 0.02
     assert [a["format"] for a in report["artifacts"]] == ["float32", "int8"]
 
 
 def test_no_augmentation_in_the_exports_and_preprocessing_inside(exported, keras_model, val_split):
-    from tlcli.export import assert_no_augmentation, run_tflite
+    from tlcli.convert import assert_no_augmentation
 
     assert_no_augmentation(keras_model)
     layer_types = {type(l).__name__ for l in keras_model.layers}
@@ -256,20 +220,9 @@ def test_no_augmentation_in_the_exports_and_preprocessing_inside(exported, keras
     assert "RESIZE_BILINEAR" not in ops  # the same-size resize is left out
     # Raw 0..255 pixels in, Keras's probabilities out: preprocessing is in the file; and twice
     # the same input gives twice the same output (no random stage).
-    probs = run_tflite(out / "model.tflite", val_split.images)
+    probs = _tlcli_run(out / "model.tflite", val_split.images)
     np.testing.assert_allclose(probs, keras_model.predict(val_split.images.astype(np.float32), verbose=0), atol=1e-4)
-    np.testing.assert_array_equal(probs, run_tflite(out / "model.tflite", val_split.images))
-
-
-def test_assert_no_augmentation_rejects_random_layers():
-    import keras
-
-    from tlcli.export import assert_no_augmentation
-
-    inputs = keras.Input((8, 8, 3))
-    model = keras.Model(inputs, keras.layers.RandomFlip(name="flip")(inputs))
-    with pytest.raises(TlcliError, match="flip"):
-        assert_no_augmentation(model)
+    np.testing.assert_array_equal(probs, _tlcli_run(out / "model.tflite", val_split.images))
 
 
 def test_saved_model_serves_raw_images_of_any_size(exported, keras_model):
@@ -285,37 +238,11 @@ def test_saved_model_serves_raw_images_of_any_size(exported, keras_model):
 # ---------------------------------------------------------------- the check catches a broken file
 
 
-def _broken_copy(model):
-    """The classifier with its classes rotated: a plausible-looking model that is always wrong."""
-    from tlcli.model import load_classifier
-
-    broken = load_classifier(model) if isinstance(model, (str, Path)) else model
-    dense = broken.get_layer("predictions")
-    kernel, bias = dense.get_weights()
-    dense.set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
-    return broken
-
-
-def test_a_broken_artifact_fails_the_check(trained_run, keras_model, val_split, tmp_path):
-    from tlcli.export import check_artifact, convert_tflite, fixed_shape_model
-
-    broken = _broken_copy(trained_run / "model.keras")
-    path = tmp_path / "broken.tflite"
-    path.write_bytes(convert_tflite(fixed_shape_model(broken, 32), "float32")[0])
-    reference = keras_model.predict(val_split.images.astype(np.float32), verbose=0)
-    check = check_artifact(path, "float32", reference, val_split.images, val_split.labels, 0.98)
-    assert check.agreement == 0.0  # rotated classes never agree with the real model
-    assert check.passed is False
-    good = tmp_path / "good.tflite"
-    good.write_bytes(convert_tflite(fixed_shape_model(keras_model, 32), "float32")[0])
-    assert check_artifact(good, "float32", reference, val_split.images, val_split.labels, 0.98).passed
-
-
 def test_cli_exits_1_on_a_failed_check_and_keeps_the_file(trained_run, tmp_path, monkeypatch, cli):
     import tlcli.export
 
     real = tlcli.export.fixed_shape_model
-    monkeypatch.setattr(tlcli.export, "fixed_shape_model", lambda model, size: real(_broken_copy(
+    monkeypatch.setattr(tlcli.export, "fixed_shape_model", lambda model, size: real(broken_copy(
         trained_run / "model.keras"), size))
     result = cli(["export", "--model", trained_run, "--output", tmp_path / "out", "--quantize", "float16"])
     assert result.exit_code == 1, result.output
@@ -397,7 +324,7 @@ def test_predict_and_evaluate_work_on_the_int8_export(exported, image_folder, tm
 
 def test_export_falls_back_to_tf_lite_without_litert(trained_run, tmp_path, monkeypatch, cli):
     """Where LiteRT has no wheels it is not installed: export checks its files on tf.lite instead."""
-    from tlcli.predict import tflite_interpreter
+    from tlcli.runtime import tflite_interpreter
 
     for name in ("ai_edge_litert", "ai_edge_litert.interpreter"):
         monkeypatch.setitem(sys.modules, name, None)  # `import ai_edge_litert` now raises ImportError
@@ -470,26 +397,6 @@ def test_run_whose_data_folder_is_gone(trained_run, tmp_path, cli):
     config["data_dir"] = str(tmp_path / "moved")
     (run / "config.json").write_text(json.dumps(config))
     _one_line_error(cli(["export", "--model", run, "--output", tmp_path / "out"]), "--check-data")
-
-
-def test_a_partly_quantized_int8_model_is_reported(tmp_path):
-    """The converter silently leaves ops without int8 kernels in float; export says so."""
-    import keras
-
-    from tlcli.export import convert_tflite, quantization_notes
-
-    class Sin(keras.layers.Layer):  # TFLite's SIN has no int8 kernel
-        def call(self, x):
-            return keras.ops.sin(x)
-
-    inputs = keras.Input((8, 8, 3), batch_size=1)
-    x = Sin()(keras.layers.Conv2D(4, 3)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
-    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
-    path = tmp_path / "partial.tflite"
-    path.write_bytes(convert_tflite(model, "int8", images)[0])
-    (note,) = quantization_notes(path)
-    assert "partly quantized" in note and "SIN" in note
 
 
 def test_labels_that_disagree_with_the_model_are_refused(cli, trained_run, tmp_path):

@@ -1,4 +1,5 @@
-"""`tlcli predict`: path expansion, output formats, failures, and every model kind agreeing."""
+"""`tlcli predict`: path expansion, output formats, failures, and .tflite models through the command
+(each model kind agreeing with the others is tests/test_runtime.py's)."""
 
 from __future__ import annotations
 
@@ -18,78 +19,9 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES
+from test_runtime import classifier_of, convert_tflite, image_size_of, make_export_folder
 
 ROW_KEYS = {"path", "label", "confidence", "top_k", "error"}
-
-
-# ---------------------------------------------------------------- model fixtures (never written into trained_run)
-
-
-def _classifier(run: Path):
-    from tlcli.model import load_classifier
-
-    return load_classifier(run / "model.keras")
-
-
-def _image_size(run: Path) -> int:
-    return json.loads((run / "config.json").read_text())["image_size"]
-
-
-def make_export_folder(run: Path, folder: Path, content: bytes, name: str = "model.tflite") -> Path:
-    """A folder laid out like `tlcli export`'s: the .tflite, labels.txt and model.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(run / "labels.txt", folder / "labels.txt")
-    size = _image_size(run)
-    (folder / "model.json").write_text(json.dumps({"input_size": [size, size]}))
-    (folder / name).write_bytes(content)
-    return folder / name
-
-
-def inference_model(run: Path, batch_size: int | None = None):
-    """The run's classifier pinned to inference mode, with a fixed-size input as `tlcli export` makes.
-
-    Calling a Keras model without `training=False` can put BatchNorm in training mode (a
-    preprocessing layer's recorded `training=True` reaches it), so exporters must pin it.
-    """
-    import keras
-
-    size = _image_size(run)
-    inputs = keras.Input((size, size, 3), batch_size=batch_size, name="image")
-    return keras.Model(inputs, _classifier(run)(inputs, training=False))
-
-
-def convert_tflite(run: Path, int8_images: np.ndarray | None = None) -> bytes:
-    """The run's model as .tflite: float with a free batch size, or full-integer with a batch of 1
-    and uint8 input and output (as `tlcli export` writes model_int8.tflite)."""
-    import tensorflow as tf
-
-    model = inference_model(run, batch_size=None if int8_images is None else 1)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8_images is not None:
-        def representative():
-            for image in int8_images:
-                yield [image[None].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
-    return converter.convert()
-
-
-def export_savedmodel(run: Path, path: Path) -> Path:
-    """A SavedModel through Keras 3's export API, in inference mode, with a dict output."""
-    import keras
-    import tensorflow as tf
-
-    classifier = _classifier(run)
-    archive = keras.export.ExportArchive()
-    archive.track(classifier)
-    archive.add_endpoint("serve", lambda image: {"probabilities": classifier(image, training=False)},
-                         input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32, name="image")])
-    archive.write_out(str(path), verbose=False)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -98,20 +30,11 @@ def tflite_model(trained_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def savedmodel_dir(trained_run, tmp_path_factory) -> Path:
-    """A SavedModel of the run, with the run's labels and config beside it."""
-    folder = tmp_path_factory.mktemp("sm_run")
-    for name in ("labels.txt", "config.json"):
-        shutil.copy(trained_run / name, folder / name)
-    return export_savedmodel(trained_run, folder / "saved_model")
-
-
-@pytest.fixture(scope="module")
 def expected_label(trained_run):
     """label(path): the run's Keras model on the image as training decodes it, outside `predict`."""
     from tlcli.data import load_image
 
-    model, size = _classifier(trained_run), _image_size(trained_run)
+    model, size = classifier_of(trained_run), image_size_of(trained_run)
     labels = (trained_run / "labels.txt").read_text().split()
 
     def label(path) -> str:
@@ -203,9 +126,9 @@ def test_predict_matches_the_model_on_training_decoding(trained_run, images, cli
     paths = sorted((images / "striped").glob("*"))
     result = cli(["predict", images / "striped", "--model", trained_run, "-f", "json", "--top-k", "3", "-q"])
     rows = {Path(r["path"]).name: r for r in _json(result)}
-    batch = np.stack([load_image(p, _image_size(trained_run)) for p in paths]).astype(np.float32)
+    batch = np.stack([load_image(p, image_size_of(trained_run)) for p in paths]).astype(np.float32)
     # training=False: after `train` in this process, Keras would otherwise default to training mode.
-    expected = np.asarray(_classifier(trained_run)(batch, training=False))
+    expected = np.asarray(classifier_of(trained_run)(batch, training=False))
     labels = (trained_run / "labels.txt").read_text().split()
     for path, probs in zip(paths, expected):
         got = {t["label"]: t["confidence"] for t in rows[path.name]["top_k"]}
@@ -267,26 +190,7 @@ def test_top_k_is_capped_at_the_number_of_classes(cli, trained_run, images):
     assert len(rows[0]["top_k"]) == len(CLASSES)
 
 
-# ---------------------------------------------------------------- model kinds
-
-
-def _probs(ref_path, paths, batch_size=5):
-    from tlcli.predict import classify, open_predictor
-    from tlcli.rundir import resolve_model
-
-    predictor = open_predictor(resolve_model(ref_path))
-    probs, errors = classify(predictor, paths, batch_size=batch_size)
-    assert errors == {}
-    return probs
-
-
-def test_keras_savedmodel_and_tflite_agree(trained_run, savedmodel_dir, tflite_model, image_folder):
-    # batch_size 5 leaves a short last batch: the resize path of the interpreter runs too.
-    paths = [str(p) for p in sorted(image_folder.rglob("*_[0-3].*"))]
-    keras_probs = _probs(trained_run, paths)
-    assert keras_probs.shape == (len(paths), len(CLASSES))
-    np.testing.assert_allclose(_probs(savedmodel_dir, paths), keras_probs, atol=1e-5)
-    np.testing.assert_allclose(_probs(tflite_model, paths), keras_probs, atol=1e-4)
+# ---------------------------------------------------------------- .tflite models
 
 
 def test_tflite_cli_json(cli, tflite_model, images, expected_label):
@@ -297,60 +201,13 @@ def test_tflite_cli_json(cli, tflite_model, images, expected_label):
     assert [r["label"] for r in rows] == [expected_label(r["path"]) for r in rows]
 
 
-LITERT = ("ai_edge_litert", "ai_edge_litert.interpreter")
-
-
-def test_tflite_runs_on_tf_lite_without_litert(trained_run, tflite_model, image_folder, monkeypatch):
-    """Where LiteRT has no wheels it is not installed: TensorFlow's tf.lite interpreter runs the file."""
-    from tlcli.predict import open_predictor
-    from tlcli.rundir import resolve_model
-
-    paths = [str(p) for p in sorted(image_folder.rglob("*_[0-3].*"))]
-    keras_probs = _probs(trained_run, paths)
-    for name in LITERT:
-        monkeypatch.setitem(sys.modules, name, None)  # `import ai_edge_litert` now raises ImportError
-    assert type(open_predictor(resolve_model(tflite_model)).interpreter).__module__ == \
-        "tensorflow.lite.python.interpreter"
-    np.testing.assert_allclose(_probs(tflite_model, paths), keras_probs, atol=1e-4)
-
-
 def test_without_litert_or_tensorflow_a_tflite_is_a_one_line_error(cli, tflite_model, images, monkeypatch):
-    for name in (*LITERT, "tensorflow.lite.python.interpreter"):
+    for name in ("ai_edge_litert", "ai_edge_litert.interpreter", "tensorflow.lite.python.interpreter"):
         monkeypatch.setitem(sys.modules, name, None)
     result = cli(["predict", images / "dark" / "dark_0.jpg", "--model", tflite_model])
     assert result.exit_code == 2 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("Error:") and "LiteRT" in line and "TensorFlow" in line
-
-
-@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs")
-def test_int8_tflite_with_uint8_input_and_output(trained_run, image_folder, tmp_path):
-    """Full-integer models take quantized pixels and give quantized scores; both are mapped."""
-    from tlcli.data import load_image
-
-    paths = [str(p) for p in sorted(image_folder.rglob("*")) if p.is_file()]
-    calibration = np.stack([load_image(p, _image_size(trained_run)) for p in paths])
-    model = make_export_folder(trained_run, tmp_path, convert_tflite(trained_run, calibration), "model_int8.tflite")
-    from tlcli.predict import tflite_interpreter
-
-    details = tflite_interpreter(model).get_input_details()[0]
-    assert details["dtype"] == np.uint8
-    # Output quantization steps are 1/256: a probability comes back within a few steps.
-    np.testing.assert_allclose(_probs(model, paths), _probs(trained_run, paths), atol=0.03)
-
-
-def test_quantize_and_dequantize_use_scale_and_zero_point():
-    from tlcli.predict import dequantize, quantize
-
-    pixels = np.array([0, 1, 127, 255], np.uint8)
-    as_int8 = quantize(pixels, {"dtype": np.int8, "quantization": (1.0, -128)})
-    assert as_int8.dtype == np.int8 and as_int8.tolist() == [-128, -127, -1, 127]
-    halved = quantize(pixels, {"dtype": np.uint8, "quantization": (2.0, 0)})
-    assert halved.tolist() == [0, 0, 64, 128]  # round half to even, as TFLite does
-    scores = dequantize(np.array([-128, 0, 127], np.int8), {"dtype": np.int8, "quantization": (1 / 256, -128)})
-    assert scores.tolist() == pytest.approx([0.0, 0.5, 255 / 256])
-    floats = quantize(pixels, {"dtype": np.float32, "quantization": (0.0, 0)})
-    assert floats.dtype == np.float32 and floats.tolist() == [0, 1, 127, 255]
 
 
 def test_labels_that_do_not_fit_the_model_are_exit_2(cli, tflite_model, images, tmp_path):

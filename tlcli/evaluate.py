@@ -1,9 +1,9 @@
 """`tlcli evaluate`: a model's accuracy, loss and per-class scores on a labelled folder.
 
-Any model kind goes through the same `Predictor` as `tlcli predict` (so a .keras model and its
-.tflite exports can be compared on equal terms), and the metrics are plain numpy. The images of
-DATA_DIR are matched to the model by class *name*, never by folder order, and any disagreement
-between the two is an error rather than a silent shift of indices.
+Any model kind runs on the same `tlcli.runtime` Runner as in `tlcli predict` (so a .keras model
+and its .tflite exports can be compared on equal terms), and the metrics are plain numpy. The
+images of DATA_DIR are matched to the model by class *name*, never by folder order, and any
+disagreement between the two is an error rather than a silent shift of indices.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from rich.console import Console
 from tlcli.data import SPLIT_NAMES, detect_layout, discover, load_folder
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
-from tlcli.predict import classify, classify_arrays, open_predictor
+from tlcli.predict import classify
 from tlcli.progress import Step, make_progress
 from tlcli.rundir import ModelRef, owning_run, write_csv, write_json
+from tlcli.runtime import open_model, run_batches
 
 SPLITS = (*SPLIT_NAMES, "all")
 _EPSILON = 1e-7  # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; so do we
@@ -238,15 +239,15 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     if not Path(data_dir).is_dir():
         raise TlcliError(f"'{data_dir}' is not a folder of images.")
     start = time.perf_counter()
-    predictor = open_predictor(ref)
-    data = load_eval_set(data_dir, ref, predictor.labels, predictor.image_size, split, console, quiet)
+    runner = open_model(ref)
+    data = load_eval_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet)
     with make_progress(console, quiet) as progress:
         step = Step(progress, "Predicting")
         step.start(len(data.paths))
         if data.images is not None:
-            probs, failed = classify_arrays(predictor, data.images, batch_size, step.advance), {}
+            probs, failed = run_batches(runner, data.images, batch_size, step.advance), {}
         else:
-            probs, failed = classify(predictor, data.paths, batch_size, step.advance)
+            probs, failed = classify(runner, data.paths, batch_size, step.advance)
         step.done()
     for note in data.notes:
         if not quiet:
@@ -259,7 +260,7 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
         raise TlcliError(f"no readable images in the {data.split} split of {data_dir}.")
     paths = [data.paths[i] for i in keep]
     y_true, probs = data.labels[keep], probs[keep]
-    metrics = compute_metrics(y_true, probs, predictor.labels, top_k)
+    metrics = compute_metrics(y_true, probs, runner.labels, top_k)
 
     out_dir = Path(output) if output else default_output(ref)
     try:
@@ -269,7 +270,7 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     y_pred = probs.argmax(axis=1)
     confidence = probs[np.arange(len(paths)), y_pred]
     wrong = [int(i) for i in np.argsort(-confidence, kind="stable") if y_pred[i] != y_true[i]][:max_errors]
-    labels = predictor.labels
+    labels = runner.labels
     report = {
         "model": str(ref.path), "kind": ref.kind, "data_dir": str(data_dir), "split": data.split,
         **metrics,
@@ -288,14 +289,14 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), labels, out_dir / "confusion_matrix.png")
 
     def pixels(i: int) -> np.ndarray:  # exactly what the model saw
-        return data.images[keep[i]] if data.images is not None else load_image(paths[i], predictor.image_size)
+        return data.images[keep[i]] if data.images is not None else load_image(paths[i], runner.image_size)
 
     captions = {i: f"{Path(paths[i]).name[:28]}\ntrue: {labels[y_true[i]]}\npred: {labels[y_pred[i]]} ({confidence[i]:.0%})"
                 for i in wrong}
     if explain:  # each mistake beside its heatmap for the predicted class: why the model got it wrong
         from tlcli.explain import with_heatmaps
 
-        pixels = with_heatmaps(predictor.model, labels, pixels, {i: int(y_pred[i]) for i in wrong})
+        pixels = with_heatmaps(runner.model, labels, pixels, {i: int(y_pred[i]) for i in wrong})
     _error_gallery(out_dir / "errors.png", wrong, pixels, captions, n_wrong=int((y_pred != y_true).sum()),
                    explained=explain)
     return EvalResult(report, out_dir)

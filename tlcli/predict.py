@@ -1,12 +1,12 @@
 """`tlcli predict`: from image paths to labelled rows, for any kind of saved model.
 
-Every model kind is wrapped in a `Predictor` that maps a batch of uint8 images, decoded by
-`tlcli.data.load_image` exactly as in training, to class probabilities; `evaluate` reuses it.
+Files are decoded by `tlcli.images.load_image` exactly as in training, in parallel with
+inference, and run by a `tlcli.runtime` Runner, the code export's parity check measures too;
+`evaluate` reuses `classify`.
 
-TensorFlow is imported only for Keras and SavedModel models. A `.tflite` model runs on the LiteRT
-interpreter and never imports TensorFlow, so predicting one image with it starts in well under a
-second: nothing in this module imports TensorFlow or Keras at module level. Where LiteRT has no
-wheels (and so is not installed), `tflite_interpreter` falls back to TensorFlow's tf.lite copy.
+Nothing in this module imports TensorFlow or Keras at module level. A `.tflite` model runs on the
+LiteRT interpreter and decodes in a thread pool, so predicting one image with it starts in well
+under a second; Keras and SavedModel models load TensorFlow anyway and decode in tf.data.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import glob
 import io
 import json
 import os
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +25,8 @@ import numpy as np
 
 from tlcli.data import ImageError, find_images, is_image_file, load_image
 from tlcli.errors import TlcliError
-from tlcli.progress import quiet_native_output
 from tlcli.rundir import ModelRef
+from tlcli.runtime import Runner, open_model
 
 FORMATS = ("table", "json", "csv")
 _GLOB_CHARS = frozenset("*?[")
@@ -78,202 +77,10 @@ def expand_paths(args: list[str]) -> list[tuple[str, str | None]]:
     return rows
 
 
-# ---------------------------------------------------------------- predictors
-
-
-class Predictor:
-    """A loaded model: `predict(images)` maps uint8 (n, size, size, 3) to probabilities (n, classes)."""
-
-    kind = "?"
-    uses_tensorflow = True
-
-    def __init__(self, ref: ModelRef):
-        self.ref = ref
-        self.labels = list(ref.labels)
-        self.image_size = ref.image_size
-
-    def predict(self, images) -> np.ndarray:
-        raise NotImplementedError
-
-    def _check_outputs(self, n_outputs) -> None:
-        if n_outputs is not None and int(n_outputs) != len(self.labels):
-            raise TlcliError(
-                f"'{self.ref.path}' outputs {int(n_outputs)} classes but its labels.txt lists "
-                f"{len(self.labels)}: the labels do not belong to this model."
-            )
-
-
-class KerasPredictor(Predictor):
-    """A tlcli `.keras` model (raw RGB 0-255 in, softmax out), compiled once as a tf.function."""
-
-    kind = "keras"
-
-    def __init__(self, ref: ModelRef):
-        super().__init__(ref)
-        import tensorflow as tf
-
-        from tlcli.model import check_classifier, load_classifier
-
-        model = load_classifier(ref.path)
-        check_classifier(model, self.labels, ref.path, self.image_size)  # refused here, not by a TF traceback
-        self.model = model
-        spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.uint8)
-        # One traced graph for every batch size: no retracing for the last, smaller batch.
-        self._run = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), input_signature=[spec])
-
-    def predict(self, images) -> np.ndarray:
-        return self._run(images).numpy()
-
-
-class SavedModelPredictor(Predictor):
-    """A SavedModel folder (e.g. from Keras `model.export`), run through its serving_default signature."""
-
-    kind = "savedmodel"
-
-    def __init__(self, ref: ModelRef):
-        super().__init__(ref)
-        import tensorflow as tf
-
-        try:
-            loaded = tf.saved_model.load(str(ref.path))
-        except Exception as error:  # TF raises OSError, ValueError, protobuf DecodeError…
-            raise TlcliError(f"cannot load '{ref.path}' as a SavedModel: {_first_line(error)}") from None
-        signature = getattr(loaded, "signatures", {}).get("serving_default")
-        if signature is None:
-            raise TlcliError(f"SavedModel '{ref.path}' has no serving_default signature.")
-        inputs = signature.structured_input_signature[1]
-        if len(inputs) != 1:
-            raise TlcliError(f"SavedModel '{ref.path}' takes {len(inputs)} inputs; an image classifier takes one.")
-        (self._input, spec), = inputs.items()
-        outputs = signature.structured_outputs
-        if len(outputs) == 1:
-            self._output = next(iter(outputs))
-        else:  # e.g. probabilities and logits: take the one with a score per label
-            self._output = next((k for k, v in outputs.items() if v.shape[-1] == len(self.labels)), None)
-            if self._output is None:
-                raise TlcliError(f"SavedModel '{ref.path}' has outputs {', '.join(outputs)}; none has "
-                                 f"one score per label ({len(self.labels)}).")
-        self._check_outputs(outputs[self._output].shape[-1])
-        self._loaded, self._signature, self._dtype, self._tf = loaded, signature, spec.dtype, tf
-
-    def predict(self, images) -> np.ndarray:
-        x = self._tf.cast(images, self._dtype)
-        return self._signature(**{self._input: x})[self._output].numpy()
-
-
-class TFLitePredictor(Predictor):
-    """A `.tflite` model on the LiteRT interpreter, with quantized (int8/uint8) inputs and outputs
-    mapped through their (scale, zero_point); TensorFlow is not imported where LiteRT is installed.
-    """
-
-    kind = "tflite"
-    uses_tensorflow = False
-
-    def __init__(self, ref: ModelRef):
-        super().__init__(ref)
-        self.interpreter = tflite_interpreter(ref.path)
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise TlcliError(f"'{ref.path}' has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and 1.")
-        self._in, self._out = inputs[0], outputs[0]
-        self._check_outputs(self._out["shape"][-1])
-        signature = self._in.get("shape_signature", self._in["shape"])
-        if len(signature) != 4 or signature[-1] != 3:
-            raise TlcliError(f"'{ref.path}' takes input of shape {list(signature)}, not a batch of RGB images.")
-        # A fixed spatial size is what the model accepts; decode at it (normally it equals the run's size).
-        if signature[1] > 0 and signature[2] > 0:
-            if signature[1] != signature[2]:
-                raise TlcliError(f"'{ref.path}' takes {signature[1]}x{signature[2]} images; tlcli models are square.")
-            self.image_size = int(signature[1])
-        self._batched = signature[0] == -1
-        self._shape = None
-
-    def predict(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if not len(images):
-            return np.zeros((0, len(self.labels)), np.float32)
-        if self._batched:
-            return self._invoke(images)
-        # A batch dimension fixed at 1 (as `tlcli export` writes them): one image per invocation.
-        return np.concatenate([self._invoke(images[i:i + 1]) for i in range(len(images))])
-
-    def _invoke(self, images: np.ndarray) -> np.ndarray:
-        if images.shape != self._shape:
-            self.interpreter.resize_tensor_input(self._in["index"], list(images.shape))
-            self.interpreter.allocate_tensors()
-            self._shape = images.shape
-        self.interpreter.set_tensor(self._in["index"], quantize(images, self._in))
-        self.interpreter.invoke()
-        return dequantize(self.interpreter.get_tensor(self._out["index"]), self._out)
-
-
-def quantize(images: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return images.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    if not scale:  # an integer input with no scale takes the pixels as they are
-        return images.astype(dtype)
-    info = np.iinfo(dtype)
-    q = np.round(images.astype(np.float32) / scale + zero_point)
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    if np.dtype(detail["dtype"]).kind == "f" or not scale:
-        return values.astype(np.float32)
-    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
-def tflite_interpreter(path, threads: int | None = None):
-    """An allocated interpreter for the `.tflite` file at `path`, on `threads` (default: every core).
-
-    Every `.tflite` in tlcli (predict, evaluate, export's checks) runs through here. LiteRT is
-    preferred: it is a dependency wherever it has wheels, and it never imports TensorFlow.
-    Elsewhere TensorFlow's own copy of the same interpreter runs the file.
-    """
-    interpreter_class = _interpreter_class()
-    try:
-        # quiet: the native "Created TensorFlow Lite XNNPACK delegate" line. tf.lite's copy warns
-        # that it is deprecated in favour of LiteRT: tlcli uses it only where LiteRT is missing.
-        with quiet_native_output(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            interpreter = interpreter_class(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-            interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as error:
-        raise TlcliError(f"cannot load '{path}' as a TFLite model: {_first_line(error)}") from None
-    return interpreter
-
-
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Interpreter
-    except ImportError:
-        pass
-    try:
-        from tensorflow.lite.python.interpreter import Interpreter
-
-        return Interpreter
-    except ImportError:
-        raise TlcliError("running a .tflite model needs LiteRT or TensorFlow, and neither is installed: "
-                         "pip install ai-edge-litert (or reinstall tlcli).") from None
-
-
-_PREDICTORS = {"keras": KerasPredictor, "savedmodel": SavedModelPredictor, "tflite": TFLitePredictor}
-
-
-def open_predictor(ref: ModelRef) -> Predictor:
-    """The Predictor for `ref` (from `rundir.resolve_model`); imports TensorFlow unless it is .tflite."""
-    return _PREDICTORS[ref.kind](ref)
-
-
 # ---------------------------------------------------------------- batched decoding and inference
 
 
-def classify(predictor: Predictor, paths: list, batch_size: int = 32, progress=None) -> tuple[np.ndarray, dict[int, str]]:
+def classify(runner: Runner, paths: list, batch_size: int = 32, progress=None) -> tuple[np.ndarray, dict[int, str]]:
     """Probabilities for every file of `paths`, decoding the next batches while one is inferred.
 
     Returns (probabilities (n, classes) with NaN rows for unreadable files, {index: reason}).
@@ -281,29 +88,19 @@ def classify(predictor: Predictor, paths: list, batch_size: int = 32, progress=N
     """
     if batch_size < 1:
         raise TlcliError("--batch-size must be at least 1.")
-    probs = np.full((len(paths), len(predictor.labels)), np.nan, np.float32)
+    probs = np.full((len(paths), len(runner.labels)), np.nan, np.float32)
     errors: dict[int, str] = {}
-    batches = _tf_batches if predictor.uses_tensorflow else _thread_batches
-    for indices, images, ok in batches(paths, predictor.image_size, batch_size, errors):
+    batches = _tf_batches if runner.uses_tensorflow else _thread_batches
+    for indices, images, ok in batches(paths, runner.image_size, batch_size, errors):
         if ok.any():
             # Failed slots hold blank images: predicting them too keeps one batch shape throughout.
-            out = predictor.predict(images)
+            out = runner.predict(images)
             probs[indices[ok]] = out[ok]
             for i in indices[ok & ~np.isfinite(out).all(axis=1)]:
                 errors[int(i)] = "the model's output is not a number (a broken model?)"
         if progress:
             progress(len(indices))
     return probs, errors
-
-
-def classify_arrays(predictor: Predictor, images: np.ndarray, batch_size: int = 32, progress=None) -> np.ndarray:
-    """Probabilities for images already decoded to (n, size, size, 3) uint8."""
-    out = [np.zeros((0, len(predictor.labels)), np.float32)]
-    for start in range(0, len(images), batch_size):
-        out.append(predictor.predict(images[start:start + batch_size]))
-        if progress:
-            progress(len(out[-1]))
-    return np.concatenate(out)
 
 
 def _decoder(paths: list, size: int, errors: dict):
@@ -382,12 +179,12 @@ def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: in
     if top_k < 1:
         raise TlcliError("--top-k must be at least 1.")
     items = expand_paths(args)
-    predictor = open_predictor(ref)
+    runner = open_model(ref)
     todo = [i for i, (_, problem) in enumerate(items) if problem is None]
     with make_progress(console or Console(stderr=True), quiet or len(todo) < 2) as progress:
         step = Step(progress, "Predicting")
         step.start(len(todo))
-        probs, errors = classify(predictor, [items[i][0] for i in todo], batch_size, step.advance)
+        probs, errors = classify(runner, [items[i][0] for i in todo], batch_size, step.advance)
         step.done(f"{len(todo) - len(errors)} ok, {len(errors)} failed" if errors else "")
     problems = {todo[j]: reason for j, reason in errors.items()}
     rows_of = {i: j for j, i in enumerate(todo)}
@@ -397,7 +194,7 @@ def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: in
         if problem:
             results.append({"path": path, "label": None, "confidence": None, "top_k": [], "error": problem})
         else:
-            results.append(result_row(path, probs[rows_of[i]], predictor.labels, top_k))
+            results.append(result_row(path, probs[rows_of[i]], runner.labels, top_k))
     return results
 
 
@@ -463,7 +260,3 @@ def format_for(output: Path | None, fmt: str | None) -> str:
     suffix = output.suffix.lower().lstrip(".") if output else ""
     return suffix if suffix in ("json", "csv") else "table"
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
