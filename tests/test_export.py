@@ -104,6 +104,13 @@ def test_select_formats_defaults_repeats_and_all():
     assert error.value.exit_code == 2 and "int8" in str(error.value)
 
 
+def test_export_takes_keywords_only():
+    from tlcli.export import export
+
+    with pytest.raises(TypeError, match="positional"):
+        export("runs")
+
+
 def test_bad_quantize_value_is_a_one_line_error(cli):
     result = cli(["export", "--quantize", "int4"])
     assert result.exit_code == 2

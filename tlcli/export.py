@@ -92,7 +92,7 @@ class ExportResult:
 # ---------------------------------------------------------------- the command
 
 
-def export(model: str | os.PathLike | None = None, project: str | os.PathLike = "runs",
+def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike = "runs",
            formats: list[str] | tuple[str, ...] = ("float32",), output: str | os.PathLike | None = None,
            calibration_data: str | os.PathLike | None = None,
            calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES, int8_io: bool = False,
