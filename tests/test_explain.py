@@ -52,7 +52,8 @@ def object_run(tmp_path_factory) -> Path:
 
 
 def test_heatmap_mass_lies_on_the_object(object_run, tmp_path):
-    from tlcli.explain import explain_files, upsample
+    from tlcli.explain import explain_files
+    from tlcli.overlay import upsample
     from tlcli.rundir import resolve_model
 
     boxes = make_object_folder(tmp_path / "test", 8, SEED + 100)
@@ -86,7 +87,8 @@ def test_heatmap_mass_lies_on_the_object(object_run, tmp_path):
 
 def test_heatmap_of_the_other_class_is_elsewhere_or_empty(object_run, tmp_path):
     """Explaining the class that is *not* in the image finds no evidence on the square."""
-    from tlcli.explain import Explainer, upsample
+    from tlcli.gradcam import Explainer
+    from tlcli.overlay import upsample
     from tlcli.model import load_classifier
 
     boxes = make_object_folder(tmp_path / "test", 4, SEED + 200)
@@ -101,112 +103,6 @@ def test_heatmap_of_the_other_class_is_elsewhere_or_empty(object_run, tmp_path):
         on_object = heat[y:y + OBJECT, x:x + OBJECT].mean()
         assert on_object <= 0.3 or heat.sum() == 0, (path, on_object)
         assert p[cls] < 0.5
-
-
-# ---------------------------------------------------------------- the feature map, for every backbone
-
-
-def test_feature_layer_is_the_backbone_output_or_the_map_before_its_pooling():
-    from tlcli.backbones import build_backbone
-    from tlcli.explain import feature_layer
-
-    operation, tensor, trailing = feature_layer(build_backbone("tiny", "none", 32))
-    assert operation.name == "relu2" and trailing == [] and tuple(tensor.shape[1:]) == (4, 4, 64)
-    # VGG ends in max pooling: the last convolution's map has twice the resolution.
-    operation, tensor, trailing = feature_layer(build_backbone("vgg16", "none", 64))
-    assert operation.name == "block5_conv3" and [l.name for l in trailing] == ["block5_pool"]
-    assert tuple(tensor.shape[1:]) == (4, 4, 512)
-
-
-def _all_backbones():
-    from tlcli.backbones import BACKBONES
-
-    return sorted(BACKBONES)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", _all_backbones())
-def test_every_backbone_gives_a_heatmap(name):
-    """Every registry entry, built at its minimum size with --weights none, resolves its last conv
-    feature map and yields a finite heatmap on it (and a cell alignment within one cell)."""
-    import keras
-
-    from tlcli.backbones import BACKBONES
-    from tlcli.explain import Explainer
-    from tlcli.model import build_classifier
-
-    size = BACKBONES[name].min_size
-    keras.utils.set_random_seed(0)
-    classifier = build_classifier(name, 3, size, weights="none")
-    explainer = Explainer(classifier, ["a", "b", "c"])
-    image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3)).astype(np.uint8)
-    cams, probs = explainer.explain(image)
-    assert cams.ndim == 3 and min(cams.shape[1:]) >= 1
-    assert np.isfinite(cams).all() and 0 <= cams.min() and cams.max() <= 1
-    assert probs.shape == (1, 3) and np.isclose(probs.sum(), 1, atol=1e-4)
-    from tlcli.explain import cell_geometry, feature_layer
-    from tlcli.model import get_backbone
-
-    backbone = get_backbone(classifier)
-    assert cell_geometry(backbone, feature_layer(backbone)[1], size) is not None  # every layer modelled
-    grid = cams.shape[1:]
-    for (start, end), n in zip(explainer.span, grid):  # the image's edges, in cells: near the map's own
-        assert -2 <= start <= 2 and n - 2 <= end <= n + 2
-    keras.backend.clear_session()
-
-
-# ---------------------------------------------------------------- pictures
-
-
-def test_original_is_shown_upright_and_capped(tmp_path):
-    from tlcli.explain import load_original
-
-    wide = tmp_path / "wide.png"
-    Image.fromarray(np.zeros((500, 2000, 3), np.uint8)).save(wide)
-    assert load_original(wide).shape == (256, 1024, 3)
-    turned = tmp_path / "turned.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored sideways: shown turned by 90 degrees
-    Image.fromarray(np.zeros((30, 60, 3), np.uint8)).save(turned, exif=exif)
-    assert load_original(turned).shape == (60, 30, 3)
-    grey = tmp_path / "grey.png"
-    Image.fromarray(np.zeros((20, 10), np.uint8), "L").save(grey)
-    assert load_original(grey).shape == (20, 10, 3)
-
-
-def test_upsample_places_the_cells_where_the_span_says():
-    from tlcli.explain import upsample
-
-    cam = np.zeros((4, 4), np.float32)
-    cam[1, 1] = 1.0
-    plain = upsample(cam, 40, 40)
-    # The image's edges half a cell before the map's top and after its left: cells sit 5 px lower
-    # and 5 px further left than in a plain stretch.
-    moved = upsample(cam, 40, 40, ((-0.5, 3.5), (0.5, 4.5)))
-    py, px = np.unravel_index(np.argmax(plain), plain.shape)
-    my, mx = np.unravel_index(np.argmax(moved), moved.shape)
-    assert (py, px) in ((14, 14), (14, 15), (15, 14), (15, 15))
-    assert abs((my - py) - 5) <= 1 and abs((mx - px) + 5) <= 1
-    assert 0 <= moved.min() and moved.max() <= 1
-
-
-@pytest.mark.parametrize("name, size, expected", [
-    ("tiny", 48, 3.5),  # three stride-2 "same" convolutions: +0.5, +1, +2 px
-    ("vgg16", 64, 0.0),  # 2x2 pooling and odd kernels: centred
-    ("mobilenet_v2", 96, 15.5),  # five stride-2 layers padded after: 0.5 + 1 + 2 + 4 + 8
-    ("resnet50", 64, -15.5),  # padded before (ZeroPadding2D(3), then (1)), the other way
-])
-def test_cell_geometry_of_known_backbones(name, size, expected):
-    """Cell centres from the layers' geometry, against the hand count of each architecture."""
-    from tlcli.backbones import build_backbone
-    from tlcli.explain import cell_geometry, feature_layer
-
-    backbone = build_backbone(name, "none", size)
-    _, tensor, _ = feature_layer(backbone)
-    rows, cols = cell_geometry(backbone, tensor, size)
-    n, stride, offset = rows
-    assert rows == cols and n == tensor.shape[1] and stride * n == size
-    assert offset - stride / 2 == pytest.approx(expected)  # cell 0's centre against a plain stretch's
 
 
 # ---------------------------------------------------------------- the command
@@ -310,11 +206,3 @@ def test_with_heatmaps_sets_each_image_beside_its_heatmap(trained_run, image_fol
     assert side_by_side.shape == (32, 32 + 2 + 32, 3) and side_by_side.dtype == np.uint8
     assert (side_by_side[:, :32] == image).all()
     assert not (side_by_side[:, 34:] == image).all()
-
-
-def test_contact_sheet_is_a_grid_with_captions(tmp_path):
-    from tlcli.explain import contact_sheet
-
-    tiles = [(np.full((20, 30, 3), k, np.uint8), [f"img{k}.png", "a  50.0%"]) for k in range(3)]
-    contact_sheet(tiles, tmp_path / "sheet.png", note="first 3 of 9")
-    assert Image.open(tmp_path / "sheet.png").size[0] > 3 * 240
