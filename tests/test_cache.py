@@ -39,25 +39,74 @@ def test_split_keeps_every_unfrozen_layer_in_the_top(parts):
     freeze_backbone(classifier)
 
 
+def _files(folder, images):
+    """The images as lossless PNG files, which decode back to exactly these pixels."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
 def test_compute_caches_clean_and_augmented_views(parts, tmp_path):
     classifier, stem, top = parts
     train, val = _images(5), _images(3, seed=1)
-    acts = cache.compute(stem, build_augmenter(AugmentConfig(), 32), train, np.arange(5) % 3, val, np.arange(3),
-                         views=3, batch_size=2, budget_bytes=1e9, spill_dir=tmp_path)
-    assert acts.train.shape[:2] == (3, 5) and acts.val.shape[0] == 3 and not acts.spilled
+    acts, failed = cache.compute(stem, build_augmenter(AugmentConfig(), 32), _files(tmp_path / "t", train),
+                                 _files(tmp_path / "v", val), 32, views=3, batch_size=2, budget_bytes=1e9,
+                                 spill_dir=tmp_path)
+    assert acts.train.shape[:2] == (3, 5) and acts.val.shape[0] == 3 and not acts.spilled and failed == {}
     assert np.allclose(acts.train[0], stem(train.astype("float32")).numpy(), atol=1e-5)  # view 0 is clean
+    assert np.allclose(acts.val, stem(val.astype("float32")).numpy(), atol=1e-5)
     assert not np.allclose(acts.train[1], acts.train[0])  # the others are augmented
     features, val_features = cache.pooled_features(top, acts, batch_size=4)
     assert features.shape == (15, 64) and val_features.shape == (3, 64)
 
 
+def test_compute_decodes_each_file_once_for_all_its_views(parts, tmp_path, monkeypatch):
+    from tlcli import images
+
+    _, stem, _ = parts
+    decoded = []
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda path, size: decoded.append(path) or real(path, size))
+    paths = _files(tmp_path / "t", _images(5))
+    cache.compute(stem, build_augmenter(AugmentConfig(), 32), paths, paths[:2], 32, views=4, batch_size=2,
+                  budget_bytes=1e9, spill_dir=tmp_path)
+    assert sorted(decoded) == sorted(paths + paths[:2])
+
+
+@pytest.mark.parametrize("budget", [1e9, 0])  # in memory, and spilled to a file
+def test_unreadable_files_are_reported_and_their_rows_dropped(parts, tmp_path, budget):
+    _, stem, _ = parts
+    train = _images(5)
+    paths = _files(tmp_path / "t", train)
+    with open(paths[1], "wb") as f:
+        f.write(b"not a png")
+    with open(paths[3], "wb") as f:
+        f.write(b"")
+    val_paths = _files(tmp_path / "v", _images(2, seed=1))
+    acts, failed = cache.compute(stem, build_augmenter(AugmentConfig(), 32), paths, val_paths, 32, views=2,
+                                 batch_size=2, budget_bytes=budget, spill_dir=tmp_path / "spill")
+    assert sorted(failed) == [paths[1], paths[3]] and all(failed.values())
+    assert acts.spilled == (budget == 0)
+    kept = cache.keep(acts, [0, 2, 4], np.array([0, 2, 1]), [1], np.array([1]))
+    assert kept.train.shape[:2] == (2, 3) and kept.val.shape[0] == 1
+    assert np.allclose(kept.train[0], stem(train[[0, 2, 4]].astype("float32")).numpy(), atol=1e-5)
+    assert kept.train_labels.tolist() == [0, 2, 1] and kept.val_labels.tolist() == [1]
+
+
 def test_compute_spills_to_disk_past_the_budget(parts, tmp_path):
     _, stem, _ = parts
-    acts = cache.compute(stem, build_augmenter(AugmentConfig(), 32), _images(4), np.zeros(4, int), _images(2),
-                         np.zeros(2, int), views=2, batch_size=4, budget_bytes=0, spill_dir=tmp_path / "spill")
+    train = _images(4)
+    acts, _ = cache.compute(stem, build_augmenter(AugmentConfig(), 32), _files(tmp_path / "t", train),
+                            _files(tmp_path / "v", _images(2)), 32, views=2, batch_size=4, budget_bytes=0,
+                            spill_dir=tmp_path / "spill")
     assert acts.spilled and isinstance(acts.train, np.memmap)
     assert (tmp_path / "spill" / "train.npy").exists()
-    assert np.allclose(acts.train[0], stem(_images(4).astype("float32")).numpy(), atol=1e-5)
+    assert np.allclose(acts.train[0], stem(train.astype("float32")).numpy(), atol=1e-5)
 
 
 def test_random_views_sees_each_image_once_per_epoch_with_weights():

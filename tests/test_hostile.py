@@ -224,8 +224,9 @@ def test_100_megapixel_images_are_never_decoded_twice_at_full_size(huge):
     assert jpeg < FULL_RGB_BYTES / 8
     # Pillow holds RGB at 4 bytes a pixel: one decode is 1.33x FULL_RGB_BYTES, a second copy 2.67x.
     assert png < 2 * FULL_RGB_BYTES
-    # load_images decodes in parallel threads, but two 100-megapixel images never coexist.
-    assert two_pngs < 2 * FULL_RGB_BYTES
+    # load_images decodes in parallel threads, but two 100-megapixel images never coexist: two
+    # decodes at once would be 2.67x; allocator arenas of the decoding threads add up to ~0.1x.
+    assert two_pngs < 2.5 * FULL_RGB_BYTES
 
 
 def test_pillows_bomb_guard_is_lifted_only_for_tlcli_and_restored(tmp_path, monkeypatch):

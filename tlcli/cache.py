@@ -42,13 +42,19 @@ def allocate(shape: tuple, dtype, budget_bytes: float, spill_dir: Path, name: st
     return np.lib.format.open_memmap(spill_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape), True
 
 
-def compute(stem: keras.Model, augmenter: keras.Model, train_images: np.ndarray, train_labels: np.ndarray,
-            val_images: np.ndarray, val_labels: np.ndarray, views: int, batch_size: int,
-            budget_bytes: float, spill_dir: Path, step=None) -> ActivationCache:
-    """Run `stem` over every view of the training images (view 0 clean) and over the val images."""
+def compute(stem: keras.Model, augmenter: keras.Model, train_paths: list[str], val_paths: list[str], size: int,
+            views: int, batch_size: int, budget_bytes: float, spill_dir: Path,
+            step=None) -> tuple[ActivationCache, dict[str, str]]:
+    """Run `stem` over every view of the training images (view 0 clean) and over the val images.
+
+    The files stream through the decoder a few batches at a time, and each is decoded once: all
+    its views come from that one decode. Returns the cache and {path: reason} for the files that
+    could not be decoded; their rows hold nothing and are dropped with `keep`.
+    """
     import time
 
-    size = train_images.shape[1]
+    from tlcli.images import decode_batches
+
     signature = [tf.TensorSpec((None, size, size, 3), tf.uint8)]
 
     @tf.function(input_signature=signature)
@@ -61,21 +67,45 @@ def compute(stem: keras.Model, augmenter: keras.Model, train_images: np.ndarray,
 
     out_shape = tuple(stem.output.shape[1:])
     dtype = stem.output.dtype if isinstance(stem.output.dtype, str) else stem.output.dtype.name
-    budget_train = budget_bytes * len(train_images) * views / max(1, len(train_images) * views + len(val_images))
-    train, spilled = allocate((views, len(train_images), *out_shape), dtype, budget_train, spill_dir, "train")
-    val, spilled_val = allocate((len(val_images), *out_shape), dtype, budget_bytes - budget_train, spill_dir, "val")
+    n_train, n_val = len(train_paths), len(val_paths)
+    budget_train = budget_bytes * n_train * views / max(1, n_train * views + n_val)
+    train, spilled = allocate((views, n_train, *out_shape), dtype, budget_train, spill_dir, "train")
+    val, spilled_val = allocate((n_val, *out_shape), dtype, budget_bytes - budget_train, spill_dir, "val")
+    failed: dict[str, str] = {}
     start = time.perf_counter()
 
-    def fill(target, images, run):
-        for i in range(0, len(images), batch_size):
-            target[i:i + batch_size] = run(images[i:i + batch_size]).numpy()
+    def fill(paths, targets):
+        for rows, images, failures in decode_batches(paths, size, batch_size):
+            failed.update((str(paths[i]), reason) for i, reason in failures)
+            if rows:
+                for target, run in targets:
+                    target[np.asarray(rows)] = run(images).numpy()
             if step:
-                step.advance(len(images[i:i + batch_size]))
+                step.advance((len(rows) + len(failures)) * len(targets))
 
-    for v in range(views):
-        fill(train[v], train_images, augmented if v else clean)
-    fill(val, val_images, clean)
-    return ActivationCache(train, train_labels, val, val_labels, time.perf_counter() - start, spilled or spilled_val)
+    fill(train_paths, [(train[v], augmented if v else clean) for v in range(views)])
+    fill(val_paths, [(val, clean)])
+    cache = ActivationCache(train, np.zeros(n_train, np.int32), val, np.zeros(n_val, np.int32),
+                            time.perf_counter() - start, spilled or spilled_val)
+    return cache, failed
+
+
+def keep(cache: ActivationCache, train_rows: list[int], train_labels: np.ndarray, val_rows: list[int],
+         val_labels: np.ndarray) -> ActivationCache:
+    """The cache with only `train_rows` and `val_rows` (in that order), moved up in place so a
+    file-backed cache is never copied into memory; labels are those of the kept rows."""
+    def compact(array, rows, axis):
+        for new, old in enumerate(rows):
+            if new != old:
+                if axis:
+                    array[:, new] = array[:, old]
+                else:
+                    array[new] = array[old]
+        return array[:, :len(rows)] if axis else array[:len(rows)]
+
+    return ActivationCache(compact(cache.train, train_rows, 1), np.asarray(train_labels, np.int32),
+                           compact(cache.val, val_rows, 0), np.asarray(val_labels, np.int32),
+                           cache.seconds, cache.spilled)
 
 
 def pooled_features(top: keras.Model | None, cache: ActivationCache, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

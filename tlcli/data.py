@@ -23,11 +23,12 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass
 class Split:
-    """Images of one split, decoded and resized: `images[i]` has label `labels[i]`."""
+    """The images of one split: `paths[i]` has label `labels[i]`; `images[i]` is it decoded and
+    resized, when the split was loaded into memory (load_folder), else None (streamed)."""
 
     paths: list[str]
     labels: np.ndarray  # int32 class indices
-    images: np.ndarray  # uint8, (n, size, size, 3)
+    images: np.ndarray | None = None  # uint8, (n, size, size, 3)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -120,9 +121,14 @@ def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[li
     return sorted(train), sorted(val)
 
 
-def load_folder(data_dir: str | os.PathLike, size: int, val_split: float = 0.2, seed: int = 0,
-                progress=None) -> ImageFolder:
-    """Find, decode and split every image of DATA_DIR (either layout), skipping unusable ones."""
+def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
+                classes: list[str] | None = None) -> ImageFolder:
+    """Find and split every image file of DATA_DIR (either layout) without decoding any.
+
+    The result holds paths and labels only (`images` is None): training streams the files
+    through the decoder, so memory does not grow with the dataset. `classes` restricts the
+    classes to those (a resumed run's); any of them missing is an error.
+    """
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
     notes: list[str] = []
@@ -133,62 +139,113 @@ def load_folder(data_dir: str | os.PathLike, size: int, val_split: float = 0.2, 
     stray = [p.name for p in data_dir.iterdir() if p.is_file() and is_image_file(p)]
     if stray:
         notes.append(f"{len(stray)} image(s) at the top of {data_dir} are not in a class folder; ignored.")
-
     main = "all" if "all" in found else "train"
-    # Decode everything once, then keep only classes with usable training images.
-    flat = [(split, cls, p) for split, classes in found.items() for cls, files in classes.items() for p in files]
-    if progress:
-        progress.start(len(flat))
-    arrays, ok, skipped = load_images([p for _, _, p in flat], size, progress.advance if progress else None)
-    usable: dict[str, dict[str, list[int]]] = {}
-    for row, i in enumerate(ok):
-        split, cls, _ = flat[i]
-        usable.setdefault(split, {}).setdefault(cls, []).append(row)
-    class_names = sorted(usable.get(main, {}))
-    for cls in sorted(found.get(main, {})):
-        if cls not in usable.get(main, {}):
-            notes.append(f"class '{cls}' has no usable images; left out.")
-    if len(class_names) < 2:
-        where = f"{data_dir}/train" if main == "train" else str(data_dir)
-        raise TlcliError(
-            f"need at least 2 classes with usable images in {where} (one folder per class); "
-            f"found {len(class_names)}."
-        )
+    class_names = sorted(found.get(main, {}))
+    if classes is not None:
+        missing = sorted(set(classes) - set(class_names))
+        if missing:
+            raise TlcliError(f"class folder(s) {', '.join(missing)} are no longer in {data_dir}.")
+        class_names = list(classes)
+    _need_two_classes(class_names, f"{data_dir}/train" if main == "train" else str(data_dir))
 
-    def make_split(split: str, classes: list[str]) -> Split:
-        rows, labels, paths = [], [], []
+    def make_split(split: str) -> Split:
+        labels, paths = [], []
         for label, cls in enumerate(class_names):
-            if cls in classes:
-                for row in usable.get(split, {}).get(cls, []):
-                    rows.append(row)
-                    labels.append(label)
-                    paths.append(str(flat[ok[row]][2]))
-        return Split(paths, np.asarray(labels, np.int32), arrays[rows])
+            files = found.get(split, {}).get(cls, [])
+            paths += [str(p) for p in files]
+            labels += [label] * len(files)
+        return Split(paths, np.asarray(labels, np.int32))
 
     for split in ("val", "test"):
-        unknown = sorted(set(usable.get(split, {})) - set(class_names))
+        unknown = sorted(set(found.get(split, {})) - set(class_names))
         if unknown:
             notes.append(f"{split}/ classes not in train/ are ignored: {', '.join(unknown)}.")
     if main == "all":
-        everything = make_split("all", class_names)
+        everything = make_split("all")
         train_idx, val_idx = stratified_split(everything.labels.tolist(), val_split, seed)
-        train, val = _subset(everything, train_idx), _subset(everything, val_idx)
-        test = None
+        train, val, test = _subset(everything, train_idx), _subset(everything, val_idx), None
     else:
-        train = make_split("train", class_names)
-        if "val" in usable:
-            val = make_split("val", class_names)
+        train = make_split("train")
+        if "val" in found:
+            val = make_split("val")
         else:
             train_idx, val_idx = stratified_split(train.labels.tolist(), val_split, seed)
             train, val = _subset(train, train_idx), _subset(train, val_idx)
-        test = make_split("test", class_names) if "test" in usable else None
+        test = make_split("test") if "test" in found else None
+    return ImageFolder(class_names, train, val, test, [], notes)
+
+
+def drop_unusable(folder: ImageFolder, failed: dict[str, str]) -> ImageFolder:
+    """`folder` without the files that failed to decode ({path: reason}, listed in `skipped`) and
+    without classes left with no usable training image (labels renumbered, with a warning)."""
+    def keep(split: Split | None) -> Split | None:
+        if split is None:
+            return None
+        rows = [i for i, p in enumerate(split.paths) if p not in failed]
+        return _subset(split, rows)
+
+    train, val, test = keep(folder.train), keep(folder.val), keep(folder.test)
+    notes = list(folder.warnings)
+    present = set(train.labels.tolist())
+    kept = [label for label in range(len(folder.class_names)) if label in present]
+    for label in sorted(set(range(len(folder.class_names))) - present):
+        notes.append(f"class '{folder.class_names[label]}' has no usable images; left out.")
+    class_names = [folder.class_names[label] for label in kept]
+    _need_two_classes(class_names, "DATA_DIR")
+    if len(kept) < len(folder.class_names):
+        renumber = {old: new for new, old in enumerate(kept)}
+        train, val, test = (None if s is None else _relabel(s, renumber) for s in (train, val, test))
+    skipped = folder.skipped + [(printable_path(p), reason) for p, reason in failed.items()]
     if len(val) == 0:
         raise TlcliError("no validation images: add a val/ folder or more images per class.")
     return ImageFolder(class_names, train, val, test, skipped, notes)
 
 
+def load_folder(data_dir: str | os.PathLike, size: int, val_split: float = 0.2, seed: int = 0,
+                progress=None) -> ImageFolder:
+    """Find, split and decode every image of DATA_DIR into memory, skipping unusable ones.
+
+    For the small sets evaluate and export check on; training streams instead (`find_folder`).
+    Both split before decoding and drop failed files after, so they agree on every split.
+    """
+    folder = find_folder(data_dir, val_split, seed)
+    splits = [s for s in (folder.train, folder.val, folder.test) if s is not None]
+    paths = [p for s in splits for p in s.paths]
+    if progress:
+        progress.start(len(paths))
+    arrays, ok, skipped = load_images(paths, size, progress.advance if progress else None)
+    failed = {paths[i]: reason for i, reason in _failures(paths, ok, skipped)}
+    decoded = {paths[i]: row for row, i in enumerate(ok)}
+    folder = drop_unusable(folder, failed)
+    for split in (folder.train, folder.val, folder.test):
+        if split is not None:
+            split.images = arrays[[decoded[p] for p in split.paths]] if len(split) else \
+                np.zeros((0, size, size, 3), np.uint8)
+    return folder
+
+
+def _failures(paths: list[str], ok: list[int], skipped: list[tuple[str, str]]):
+    """(index, reason) of each path load_images could not decode, in order."""
+    failed = sorted(set(range(len(paths))) - set(ok))
+    return [(i, reason) for i, (_, reason) in zip(failed, skipped)]
+
+
+def _need_two_classes(class_names: list[str], where: str) -> None:
+    if len(class_names) < 2:
+        raise TlcliError(f"need at least 2 classes with usable images in {where} (one folder per class); "
+                         f"found {len(class_names)}.")
+
+
+def _relabel(split: Split, renumber: dict[int, int]) -> Split:
+    rows = [i for i, label in enumerate(split.labels) if int(label) in renumber]
+    kept = _subset(split, rows)
+    kept.labels = np.asarray([renumber[int(label)] for label in kept.labels], np.int32)
+    return kept
+
+
 def _subset(split: Split, indices: list[int]) -> Split:
-    return Split([split.paths[i] for i in indices], split.labels[indices], split.images[indices])
+    images = None if split.images is None else split.images[indices]
+    return Split([split.paths[i] for i in indices], split.labels[np.asarray(indices, np.int64)], images)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -201,20 +258,29 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 # ---------------------------------------------------------------- tf.data
 
 
-def make_dataset(split: Split, n_classes: int, batch_size: int, shuffle: bool, seed: int = 0):
-    """Batches of (uint8 images, one-hot labels), shuffled each epoch when `shuffle`."""
+def make_dataset(split: Split, n_classes: int, batch_size: int, shuffle: bool, seed: int = 0,
+                 size: int | None = None):
+    """Batches of (uint8 images, one-hot labels), shuffled each epoch when `shuffle`.
+
+    A split held in memory is indexed; a streamed one (images None) is decoded batch by batch at
+    `size`, in parallel, a few batches ahead: memory holds batches, not the dataset.
+    """
     import tensorflow as tf
 
     images, labels = split.images, split.labels
+    paths = np.asarray(split.paths, dtype=object)
 
     def gather(indices):
-        return images[indices], labels[indices]
+        if images is not None:
+            return images[indices], labels[indices]
+        decoded, ok, _ = load_images(list(paths[indices]), size)  # a file gone since caching is left out
+        return decoded, labels[indices][ok]
 
     ds = tf.data.Dataset.range(len(split))
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    size = images.shape[1]
+    size = images.shape[1] if images is not None else size
 
     def lookup(indices):
         x, y = tf.numpy_function(gather, [indices], (tf.uint8, tf.int32), stateful=False)

@@ -345,3 +345,29 @@ def load_images(paths: list, size: int, progress=None) -> tuple[np.ndarray, list
             if progress:
                 progress(1)
     return out[ok] if len(ok) < len(paths) else out, ok, skipped
+
+
+def decode_batches(paths: list, size: int, batch_size: int, ahead: int = 2):
+    """Yield (indices into `paths` decoded, their images, [(index, reason) of each failure]) per batch.
+
+    A background thread decodes up to `ahead` batches beyond the one being used, each in
+    parallel threads, so decoding overlaps the caller's work and memory holds only a few
+    batches, whatever the number of images.
+    """
+    from collections import deque
+
+    starts = range(0, len(paths), batch_size)
+    with ThreadPoolExecutor(1) as batcher:
+        pending = deque()
+        for start in starts:
+            pending.append((start, batcher.submit(load_images, paths[start:start + batch_size], size)))
+            if len(pending) > ahead:
+                yield _batch(*pending.popleft())
+        while pending:
+            yield _batch(*pending.popleft())
+
+
+def _batch(start: int, future):
+    images, ok, skipped = future.result()
+    failed = sorted(set(range(len(ok) + len(skipped))) - set(ok))  # skipped is in index order
+    return [start + i for i in ok], images, [(start + i, reason) for i, (_, reason) in zip(failed, skipped)]

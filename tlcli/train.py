@@ -34,8 +34,9 @@ from rich.console import Console
 from tlcli import __version__, cache, checkpoint, distribute
 from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
-from tlcli.data import class_weights, load_folder, make_dataset
+from tlcli.data import class_weights, drop_unusable, find_folder, make_dataset
 from tlcli.errors import TlcliError
+from tlcli.images import decode_batches
 from tlcli.model import (build_classifier, count_params, feature_model, freeze_backbone, head_model,
                          load_classifier, pretrained, split_backbone, top_classifier, unfreeze_top)
 from tlcli.callbacks import (BestKeeper, EpochBars, EpochCheckpoint, HistoryRecorder, StopCheck,
@@ -82,20 +83,15 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
 
     with checkpoint.GracefulStop() as stopper:
         try:
-            with make_progress(console, quiet) as progress:
-                loading = Step(progress, "Loading", check=stopper.check)
-                data = load_folder(config.data_dir, config.image_size, config.val_split, config.seed, loading)
-                loading.done(f"{len(data.train)} train, {len(data.val)} val, {len(data.skipped)} skipped")
+            data = find_folder(config.data_dir, config.val_split, config.seed,
+                               classes=saved["class_names"] if saved is not None else None)
+            say(f"Found {len(data.train)} train and {len(data.val)} val images in {len(data.class_names)} classes")
         except checkpoint.StopRequested:
             raise TlcliError("interrupted before training started; nothing was written.", exit_code=130) from None
-        if saved is not None and data.class_names != saved["class_names"]:
-            raise TlcliError(f"the classes in {config.data_dir} changed since {resume} started; cannot resume.")
         if saved is not None and chief and saved["data_dir"] != config.data_dir:
             write_json(resume / "config.json", {**saved, "data_dir": config.data_dir})  # export and evaluate follow
         for note in data.warnings:
             say(f"[yellow]warning:[/] {note}")
-        if data.skipped:
-            say(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
 
         previous_policy = keras.mixed_precision.dtype_policy()
         if mixed:  # float16 compute, float32 weights; the output layer stays float32
@@ -123,7 +119,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         finally:
             keras.mixed_precision.set_dtype_policy(previous_policy)
         if chief:  # outside the strategy: one host checks and completes the run
-            _complete(result, data, config, say)
+            _complete(result, session.data, config, say)
         return result
 
 
@@ -152,8 +148,6 @@ def _open_run(config: TrainConfig, data, chief: bool, resume: Path | None, say) 
     run = create_run_dir(config.project, config.name)
     write_json(run / "config.json", {**config.to_dict(), "class_names": data.class_names, "versions": versions()})
     write_text(run / "labels.txt", "\n".join(data.class_names) + "\n")
-    if data.skipped:
-        write_csv(run / "skipped.csv", ["path", "reason"], data.skipped)
     return run
 
 
@@ -192,13 +186,12 @@ def _fit(s: Session) -> TrainResult:
     """cache -> phase 1 -> phase 2 -> finalize; on interruption, a resumable checkpoint."""
     config = s.config
     history: list[dict] = s.state["history"]
-    keeper = BestKeeper(s.classifier, s.run / "model.keras", s.state["best"], s.state["best_epoch"], len(history),
-                        saver=float32_saver(s.classifier), best_weights=_saved_best(s))
-    weights = class_weights(s.data.train.labels, s.n_classes) if config.class_weights == "auto" else None
     augmenter = build_augmenter(config.augment, config.image_size, config.seed)
-    phase, trainer = s.state["phase"], None
+    phase, trainer, keeper = s.state["phase"], None, None
     try:
-        stem, top, activations, pooled = _cache_step(s, augmenter)
+        top, activations, pooled = _cache_step(s, augmenter)  # may drop files and classes that failed
+        keeper = _keeper(s)
+        weights = class_weights(s.data.train.labels, s.n_classes) if config.class_weights == "auto" else None
         if phase == 1:
             trainer = _phase1(s, keeper, pooled, weights)
         if config.fine_tune_epochs > 0:
@@ -210,12 +203,19 @@ def _fit(s: Session) -> TrainResult:
                 checkpoint.restore_optimizer(s.run, trainer.optimizer, trainer.trainable_variables)
             _phase2(s, keeper, trainer, activations, weights, cached=top is not None)
     except checkpoint.StopRequested:
+        keeper = keeper or _keeper(s)  # interrupted while caching: the checkpoint restarts phase 1
         keeper.flush()
         save_checkpoint(s.run, s.classifier, trainer.optimizer if trainer is not None else None, phase, history, keeper)
         write_history(s.run, history)
         kept = f"the best model so far is in {s.run / 'model.keras'}; " if keeper.best is not None else ""
         raise TlcliError(f"interrupted: {kept}continue with `tlcli train --resume {s.run}`.", exit_code=130) from None
     return _finalize(s, keeper)
+
+
+def _keeper(s: Session) -> BestKeeper:
+    history = s.state["history"]
+    return BestKeeper(s.classifier, s.run / "model.keras", s.state["best"], s.state["best_epoch"], len(history),
+                      saver=float32_saver(s.classifier), best_weights=_saved_best(s))
 
 
 def _saved_best(s: Session) -> list | None:
@@ -233,24 +233,77 @@ def _cache_step(s: Session, augmenter):
 
     Phase 2 trains on cached activations only when BatchNorm is frozen (pretrained weights);
     otherwise the stem is the whole frozen feature extractor and phase 2 runs end to end.
-    Returns (stem, top or None, activations, (pooled train, pooled val)).
+    The files stream through the decoder once; those that fail are skipped (skipped.csv), and a
+    class left with no usable image is left out, its head rebuilt without it.
+    Returns (top or None, activations, (pooled train, pooled val)).
     """
-    config, data = s.config, s.data
+    config, found = s.config, s.data
     freeze_backbone(s.classifier)
     cached_phase2 = config.fine_tune_epochs > 0 and pretrained(config.weights)
-    stem, top = split_backbone(s.classifier, config.unfreeze) if cached_phase2 else (feature_model(s.classifier), None)
+    stem, top = _split(s.classifier, config, cached_phase2)
     start = time.perf_counter()
     with make_progress(s.console, s.quiet) as progress:
         step = Step(progress, "Caching", check=s.stopper.check)
-        step.start(len(data.train) * config.cache_views + len(data.val))
-        activations = cache.compute(stem, augmenter, data.train.images, data.train.labels, data.val.images,
-                                    data.val.labels, config.cache_views, config.batch_size,
-                                    config.cache_ram_gb * 2**30, s.run / CACHE_DIR, step)
+        step.start(len(found.train) * config.cache_views + len(found.val))
+        activations, failed = cache.compute(stem, augmenter, found.train.paths, found.val.paths, config.image_size,
+                                            config.cache_views, config.batch_size, config.cache_ram_gb * 2**30,
+                                            s.run / CACHE_DIR, step)
+        s.data = drop_unusable(found, failed)
+        activations = cache.keep(activations, _rows(found.train, s.data.train), s.data.train.labels,
+                                 _rows(found.val, s.data.val), s.data.val.labels)
+        if s.data.class_names != found.class_names:
+            s.classifier = _without_lost_classes(s, found.class_names)
+            stem, top = _split(s.classifier, config, cached_phase2)
         pooled = cache.pooled_features(top, activations, config.batch_size)
         step.done(f"{config.cache_views} view(s) in {activations.seconds:.1f}s"
                   + (" (spilled to disk)" if activations.spilled else ""))
     s.seconds["cache"] = time.perf_counter() - start
-    return stem, top, activations, pooled
+    _report_skipped(s, found)
+    return top, activations, pooled
+
+
+def _split(classifier, config: TrainConfig, cached_phase2: bool):
+    """(stem, top): top is None when phase 2 runs end to end, and the stem is the feature model."""
+    if cached_phase2:
+        stem, top = split_backbone(classifier, config.unfreeze)
+        if top is not None:
+            return stem, top
+    return feature_model(classifier), None
+
+
+def _rows(before, after) -> list[int]:
+    """Where each of `after`'s paths was in `before` (after is before without some paths)."""
+    where = {p: i for i, p in enumerate(before.paths)}
+    return [where[p] for p in after.paths]
+
+
+def _without_lost_classes(s: Session, found_classes: list[str]) -> keras.Model:
+    """The classifier rebuilt for the classes that kept usable images, every weight but the head's
+    copied, so the cached activations of its frozen stem stay valid."""
+    if s.resumed:
+        raise TlcliError(f"the classes in {s.config.data_dir} changed since {s.run} started; cannot resume.")
+    config, old = s.config, s.classifier
+    new = build_classifier(config.backbone, s.n_classes, config.image_size, config.weights, config.dropout)
+    for layer in new.layers:
+        if layer.name != "predictions" and layer.weights:
+            layer.set_weights(old.get_layer(layer.name).get_weights())
+    freeze_backbone(new)
+    return new
+
+
+def _report_skipped(s: Session, found) -> None:
+    """Say what the caching pass left out, and record it in the run folder."""
+    data = s.data
+    for note in data.warnings[len(found.warnings):]:
+        s.say(f"[yellow]warning:[/] {note}")
+    if data.skipped:
+        s.say(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
+    if s.chief and data.skipped:
+        write_csv(s.run / "skipped.csv", ["path", "reason"], data.skipped)
+    if s.chief and data.class_names != found.class_names:
+        saved = json.loads((s.run / "config.json").read_text(encoding="utf-8"))
+        write_json(s.run / "config.json", {**saved, "class_names": data.class_names})
+        write_text(s.run / "labels.txt", "\n".join(data.class_names) + "\n")
 
 
 def _callbacks(s: Session, keeper: BestKeeper, progress, phase: int, label: str, epochs: int, steps: int,
@@ -307,8 +360,9 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
         val_data = (activations.val, s.onehot(data.val.labels))
         weights = None  # RandomViews yields the class weights as sample weights
     else:
-        train_data = make_dataset(data.train, s.n_classes, config.batch_size, shuffle=True, seed=config.seed)
-        val_data = make_dataset(data.val, s.n_classes, config.batch_size, shuffle=False)
+        train_data = make_dataset(data.train, s.n_classes, config.batch_size, shuffle=True, seed=config.seed,
+                                  size=config.image_size)
+        val_data = make_dataset(data.val, s.n_classes, config.batch_size, shuffle=False, size=config.image_size)
     distribute.prepare_for_fit(trainer, s.strategy)
     resuming = s.resumed and s.state["phase"] == 2
     start = time.perf_counter()
@@ -360,9 +414,9 @@ def _complete(result: TrainResult, data, config: TrainConfig, say) -> None:
     metrics.json, rather than hidden.
     """
     model = load_classifier(result.run_dir / "model.keras")
-    images, labels = data.val.images, data.val.labels
-    probabilities = np.concatenate([model.predict_on_batch(images[i:i + config.batch_size].astype(np.float32))
-                                    for i in range(0, len(images), config.batch_size)])
+    batches = list(decode_batches(data.val.paths, config.image_size, config.batch_size))
+    probabilities = np.concatenate([model.predict_on_batch(images.astype(np.float32)) for _, images, _ in batches])
+    labels = data.val.labels[np.concatenate([rows for rows, _, _ in batches]).astype(np.int64)]
     onehot = np.eye(len(data.class_names), dtype=np.float32)[labels]
     accuracy = float((probabilities.argmax(1) == labels).mean())
     loss = float(_loss(config)(onehot, probabilities))
