@@ -118,6 +118,15 @@ Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal 
 Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Turn the whole augmentation stage on or off.", rich_help_panel="Augmentation")]
 DataDir = Annotated[Path, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)]
 
+# Options several commands share, each defined once.
+ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder, .keras file, SavedModel folder or .tflite file (default: the newest run in --project).", show_default=False)]
+KerasModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder or .keras file (default: the newest run in --project).", show_default=False)]
+ProjectOption = Annotated[str, typer.Option(help="Folder holding the runs.", rich_help_panel="Output")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, for machines.", rich_help_panel="Output")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel="Output")]
+TopK = Annotated[int, typer.Option(help="How many of the best classes to report.")]
+BatchSize = Annotated[int, typer.Option(help="Images per inference batch.")]
+
 
 @command()
 def train(
@@ -148,10 +157,10 @@ def train(
     shear: Shear = _default(AugmentConfig, "shear"),
     zoom: Zoom = _default(AugmentConfig, "zoom"),
     flip: Flip = _default(AugmentConfig, "flip"),
-    project: Annotated[str, typer.Option(help="Folder holding the runs.", rich_help_panel="Output")] = _default(TrainConfig, "project"),
+    project: ProjectOption = _default(TrainConfig, "project"),
     name: Annotated[str, typer.Option(help="Run name; train2, train3, … when taken.", rich_help_panel="Output")] = _default(TrainConfig, "name"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.", rich_help_panel="Output")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel="Output")] = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ):
     """Fine-tune a pretrained backbone on DATA_DIR: head first, then the top of the backbone.
 
@@ -199,7 +208,7 @@ def _report(result, as_json: bool, quiet: bool) -> None:
 
 @command()
 def backbones(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
+    as_json: AsJson = False,
 ):
     """List the backbones `train --backbone` accepts, with their sizes and preprocessing.
 
@@ -244,14 +253,6 @@ def augment_preview(
     out.print(f"Wrote {path}")
 
 
-# ---- predict / evaluate commands (issue 3) go here ----
-
-ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder, .keras file, SavedModel folder or .tflite file (default: the newest run in --project).", show_default=False)]
-ProjectOption = Annotated[str, typer.Option(help="Folder holding the runs, for the default --model.")]
-TopK = Annotated[int, typer.Option(help="How many of the best classes to report.")]
-BatchSize = Annotated[int, typer.Option(help="Images per inference batch.")]
-
-
 def _load_model_ref(model: Optional[str], project: str):
     """Resolve --model and import TensorFlow only for the model kinds that need it (.tflite does not)."""
     from tlcli.rundir import resolve_model
@@ -272,7 +273,7 @@ def predict(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file instead of the terminal.", show_default=False)] = None,
     batch_size: BatchSize = 32,
     full: Annotated[bool, typer.Option("--full", help=f"Print every row of the table, even for more than {tables.SUMMARY_ABOVE} images.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Quiet = False,
 ):
     """Predict the class of images with a trained model (.keras, SavedModel or .tflite).
 
@@ -324,8 +325,8 @@ def evaluate(
     batch_size: BatchSize = 32,
     max_errors: Annotated[int, typer.Option(help="Misclassified images shown in errors.png.")] = 16,
     explain: Annotated[bool, typer.Option("--explain", help="Show each misclassified image's Grad-CAM heatmap beside it in errors.png (Keras models).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ):
     """Measure a model on labelled images: accuracy, top-k accuracy, loss, per-class scores.
 
@@ -361,13 +362,13 @@ def evaluate(
 @command()
 def explain(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder or .keras file (default: the newest run in --project).", show_default=False)] = None,
+    model: KerasModelOption = None,
     class_name: Annotated[Optional[str], typer.Option("--class", "-c", help="Explain this class instead of each image's predicted one.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the PNGs (default: <run>/explain/, or ./explain for a model outside a run).", show_default=False)] = None,
     project: ProjectOption = _default(TrainConfig, "project"),
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ):
     """Show where the model looks: a Grad-CAM heatmap over each image, for the predicted class or --class.
 
@@ -401,10 +402,9 @@ def explain(
         raise typer.Exit(1)
 
 
-# ---- export command (issue 4) goes here ----
 @command()
 def export(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run folder or .keras file (default: the newest run).", show_default=False)] = None,
+    model: KerasModelOption = None,
     tflite: Annotated[bool, typer.Option("--tflite", help="Write model.tflite (float32); the default when nothing else is asked for.", rich_help_panel="Formats")] = False,
     quantize: Annotated[Optional[list[str]], typer.Option("--quantize", help="Also write a quantized TFLite model: float16, dynamic, int8 or all (repeatable).", rich_help_panel="Formats", show_default=False)] = None,
     saved_model: Annotated[bool, typer.Option("--saved-model", help="Write a SavedModel folder for TF Serving.", rich_help_panel="Formats")] = False,
@@ -414,9 +414,9 @@ def export(
     check_data: Annotated[Optional[Path], typer.Option(help="Class folders (or train/val layout: val) to check the exports on (default: the run's validation images).", rich_help_panel="Check", show_default=False)] = None,
     min_agreement: Annotated[Optional[float], typer.Option(help="Minimum top-1 agreement with the Keras model (default: 0.98 float, 0.95 int8/dynamic).", rich_help_panel="Check", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write to (default: <run>/export).", rich_help_panel="Output", show_default=False)] = None,
-    project: Annotated[str, typer.Option(help="Folder holding the runs.", rich_help_panel="Output")] = _default(TrainConfig, "project"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the check results as one JSON object on stdout.", rich_help_panel="Output")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel="Output")] = False,
+    project: ProjectOption = _default(TrainConfig, "project"),
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ):
     """Export a trained model to TFLite (float32, float16, dynamic, int8) and SavedModel, and check each.
 
