@@ -3,10 +3,11 @@
     load images once -> split the classifier where phase 2's trainable part begins
     -> run the frozen stem once per view (tlcli.cache)
     -> phase 1: head on pooled features -> phase 2: unfrozen top + head on cached activations
-    -> finalize: best weights in a float32 model.keras, metrics, curves
+    -> finalize: best weights in a float32 model.keras, metrics, curves; the saved file checked
 
-Each step is one function below (`_cache_step`, `_phase1`, `_phase2`, `_finalize`) sharing a
-`Session`; the Keras callbacks that record, keep the best and checkpoint live in tlcli.callbacks.
+Each step is one function (`_cache_step`, `_phase1`, `_phase2` here; `finalize` and `complete`
+in tlcli.finalize) sharing a `Session`; the Keras callbacks that record, keep the best and
+checkpoint live in tlcli.callbacks.
 
 Backbones trained from scratch (--weights none) have no BatchNorm statistics worth freezing, so
 their phase 2 runs end to end on freshly augmented images instead.
@@ -18,9 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import resource
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,22 +35,15 @@ from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
 from tlcli.data import class_weights, drop_unusable, find_folder, make_dataset
 from tlcli.errors import TlcliError
-from tlcli.images import decode_batches
+from tlcli.finalize import TrainResult, complete, finalize
 from tlcli.model import (build_classifier, count_params, feature_model, freeze_backbone, head_model,
                          load_classifier, pretrained, split_backbone, top_classifier, unfreeze_top)
 from tlcli.callbacks import (BestKeeper, EpochBars, EpochCheckpoint, HistoryRecorder, StopCheck,
                              save_checkpoint, write_history)
 from tlcli.progress import Step, make_progress
-from tlcli.rundir import create_run_dir, mark_complete, write_csv, write_json, write_text
+from tlcli.rundir import create_run_dir, write_csv, write_json, write_text
 
 CACHE_DIR = ".cache"  # inside the run folder; removed when training ends
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    metrics: dict
-    history: list[dict] = field(default_factory=list)
 
 
 def train(config: TrainConfig | None = None, console: Console | None = None, quiet: bool = False,
@@ -119,7 +111,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         finally:
             keras.mixed_precision.set_dtype_policy(previous_policy)
         if chief:  # outside the strategy: one host checks and completes the run
-            _complete(result, session.data, config, say)
+            complete(result, session.data, config, say)
         return result
 
 
@@ -209,7 +201,7 @@ def _fit(s: Session) -> TrainResult:
         write_history(s.run, history)
         kept = f"the best model so far is in {s.run / 'model.keras'}; " if keeper.best is not None else ""
         raise TlcliError(f"interrupted: {kept}continue with `tlcli train --resume {s.run}`.", exit_code=130) from None
-    return _finalize(s, keeper)
+    return finalize(s, keeper)
 
 
 def _keeper(s: Session) -> BestKeeper:
@@ -378,59 +370,6 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
     s.throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / s.seconds["phase2"]
 
 
-def _finalize(s: Session, keeper: BestKeeper) -> TrainResult:
-    """The best weights in model.keras (float32 whatever the training policy), metrics, history.
-    `_complete` then checks the saved file and marks the run complete."""
-    keeper.restore()
-    keeper.flush()
-    history, data = s.state["history"], s.data
-    # The best epoch's validation figures are those of model.keras: the cached stem computes
-    # exactly what the full model does (tests check this against model.keras on the images).
-    val_accuracy, val_loss = keeper.best[0], -keeper.best[1]
-    metrics = {
-        "val_accuracy": float(val_accuracy),
-        "val_loss": float(val_loss),
-        "best_epoch": keeper.best_epoch,
-        "n_train": len(data.train),
-        "n_val": len(data.val),
-        "n_test": len(data.test) if data.test else 0,
-        "n_skipped": len(data.skipped),
-        "n_classes": s.n_classes,
-        "seconds": {**{k: round(v, 2) for k, v in s.seconds.items()}, "total": round(sum(s.seconds.values()), 2)},
-        **{k: round(v, 1) for k, v in s.throughput.items()},
-        "peak_memory_mb": round(peak_memory_mb(), 1),
-        "resumed": s.resumed,
-    }
-    write_history(s.run, history)
-    return TrainResult(s.run, metrics, history)
-
-
-def _complete(result: TrainResult, data, config: TrainConfig, say) -> None:
-    """Check the saved model.keras on the validation images against the figures recorded for its
-    epoch (as Ultralytics' final_eval does), then write metrics.json and mark the run complete.
-
-    A disagreement means the file does not compute what training measured (a wrong epoch's
-    weights, a float16 model, a preprocessing mismatch): it is reported, and recorded in
-    metrics.json, rather than hidden.
-    """
-    model = load_classifier(result.run_dir / "model.keras")
-    batches = list(decode_batches(data.val.paths, config.image_size, config.batch_size))
-    probabilities = np.concatenate([model.predict_on_batch(images.astype(np.float32)) for _, images, _ in batches])
-    labels = data.val.labels[np.concatenate([rows for rows, _, _ in batches]).astype(np.int64)]
-    onehot = np.eye(len(data.class_names), dtype=np.float32)[labels]
-    accuracy = float((probabilities.argmax(1) == labels).mean())
-    loss = float(_loss(config)(onehot, probabilities))
-    metrics = result.metrics
-    agrees = abs(accuracy - metrics["val_accuracy"]) < 1e-6 and abs(loss - metrics["val_loss"]) <= 1e-3 * max(1.0, loss)
-    metrics["saved_model_check"] = {"val_accuracy": accuracy, "val_loss": round(loss, 5), "agrees": agrees}
-    if not agrees:
-        say(f"[yellow]warning:[/] model.keras scores {accuracy:.4f} accuracy / {loss:.4f} loss on the validation "
-            f"images, but training recorded {metrics['val_accuracy']:.4f} / {metrics['val_loss']:.4f} for its epoch.")
-    write_json(result.run_dir / "metrics.json", metrics)
-    checkpoint.remove_last(result.run_dir)
-    mark_complete(result.run_dir)
-
-
 def _loss(config: TrainConfig):
     return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
 
@@ -449,12 +388,6 @@ def _worker_backup(strategy, run: Path, phase: int) -> list:
     if not distribute.is_multiworker(strategy):
         return []
     return [keras.callbacks.BackupAndRestore(str(run / CACHE_DIR / f"backup_phase{phase}"))]
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
 def versions() -> dict:

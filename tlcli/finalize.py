@@ -1,0 +1,90 @@
+"""The end of a training run: the best weights saved, the saved file checked, the run complete.
+
+    finalize (on every host)  -> best weights in model.keras, metrics, history.csv, curves.png
+    complete (the chief only) -> model.keras run on the validation images and compared with the
+                                 figures training recorded, metrics.json, .complete
+
+Imported only by the commands that train: importing it imports Keras.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tlcli import checkpoint
+from tlcli.callbacks import write_history
+from tlcli.images import decode_batches
+from tlcli.model import load_classifier
+from tlcli.rundir import mark_complete, write_json
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def finalize(s, keeper) -> TrainResult:
+    """The best weights in model.keras (float32 whatever the training policy), metrics, history,
+    for the training Session `s`. `complete` then checks the saved file and marks the run complete."""
+    keeper.restore()
+    keeper.flush()
+    history, data = s.state["history"], s.data
+    # The best epoch's validation figures are those of model.keras: the cached stem computes
+    # exactly what the full model does (tests check this against model.keras on the images).
+    val_accuracy, val_loss = keeper.best[0], -keeper.best[1]
+    metrics = {
+        "val_accuracy": float(val_accuracy),
+        "val_loss": float(val_loss),
+        "best_epoch": keeper.best_epoch,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test) if data.test else 0,
+        "n_skipped": len(data.skipped),
+        "n_classes": s.n_classes,
+        "seconds": {**{k: round(v, 2) for k, v in s.seconds.items()}, "total": round(sum(s.seconds.values()), 2)},
+        **{k: round(v, 1) for k, v in s.throughput.items()},
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "resumed": s.resumed,
+    }
+    write_history(s.run, history)
+    return TrainResult(s.run, metrics, history)
+
+
+def complete(result: TrainResult, data, config, say) -> None:
+    """Check the saved model.keras on the validation images against the figures recorded for its
+    epoch (as Ultralytics' final_eval does), then write metrics.json and mark the run complete.
+
+    A disagreement means the file does not compute what training measured (a wrong epoch's
+    weights, a float16 model, a preprocessing mismatch): it is reported, and recorded in
+    metrics.json, rather than hidden.
+    """
+    model = load_classifier(result.run_dir / "model.keras")
+    batches = list(decode_batches(data.val.paths, config.image_size, config.batch_size))
+    probabilities = np.concatenate([model.predict_on_batch(images.astype(np.float32)) for _, images, _ in batches])
+    labels = data.val.labels[np.concatenate([rows for rows, _, _ in batches]).astype(np.int64)]
+    onehot = np.eye(len(data.class_names), dtype=np.float32)[labels]
+    accuracy = float((probabilities.argmax(1) == labels).mean())
+    loss = float(keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)(onehot, probabilities))
+    metrics = result.metrics
+    agrees = abs(accuracy - metrics["val_accuracy"]) < 1e-6 and abs(loss - metrics["val_loss"]) <= 1e-3 * max(1.0, loss)
+    metrics["saved_model_check"] = {"val_accuracy": accuracy, "val_loss": round(loss, 5), "agrees": agrees}
+    if not agrees:
+        say(f"[yellow]warning:[/] model.keras scores {accuracy:.4f} accuracy / {loss:.4f} loss on the validation "
+            f"images, but training recorded {metrics['val_accuracy']:.4f} / {metrics['val_loss']:.4f} for its epoch.")
+    write_json(result.run_dir / "metrics.json", metrics)
+    checkpoint.remove_last(result.run_dir)
+    mark_complete(result.run_dir)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
