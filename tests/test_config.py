@@ -119,3 +119,19 @@ def test_data_dir_is_stored_absolute_but_urls_stay_as_they_are(tmp_path, monkeyp
     assert config.resolve() == config  # resolving again (as a resume does) changes nothing
     for url in ("gs://bucket/flowers", "ram://flowers"):
         assert TrainConfig(url).resolve().data_dir == url
+
+
+@pytest.mark.parametrize("available,budget", [(10.0, 5.0), (0.6, 0.5)])
+def test_the_default_cache_budget_follows_the_memory_available(monkeypatch, available, budget):
+    from tlcli import config as config_module
+
+    monkeypatch.setattr(config_module, "available_memory_gb", lambda: available)
+    assert TrainConfig("data", backbone="tiny").resolve().cache_ram_gb == budget
+    assert TrainConfig("data", backbone="tiny", cache_ram_gb=1.5).resolve().cache_ram_gb == 1.5
+
+
+def test_available_memory_is_read_from_the_system():
+    from tlcli.config import available_memory_gb
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    assert 0 < available_memory_gb() <= total

@@ -147,7 +147,7 @@ def train(
     class_weights: Annotated[str, typer.Option(help="auto (balance uneven classes) or none.", rich_help_panel="Head")] = _default(TrainConfig, "class_weights"),
     val_split: Annotated[float, typer.Option(help="Validation fraction when DATA_DIR has no val/ folder.", rich_help_panel="Data")] = _default(TrainConfig, "val_split"),
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.", rich_help_panel="Data")] = _default(TrainConfig, "seed"),
-    cache_ram_gb: Annotated[float, typer.Option(help="Memory for cached activations; beyond it they spill to disk.", rich_help_panel="Speed")] = _default(TrainConfig, "cache_ram_gb"),
+    cache_ram_gb: Annotated[Optional[float], typer.Option(help="Memory (GB) for cached activations; beyond it they spill to disk. Default: half the available memory.", rich_help_panel="Speed", show_default=False)] = None,
     mixed_precision: Annotated[str, typer.Option(help="float16 compute: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "mixed_precision"),
     xla: Annotated[str, typer.Option(help="XLA-compiled training steps: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "xla"),
     strategy: Annotated[str, typer.Option(help="tf.distribute: auto (mirrored with 2+ GPUs), one, mirrored, multiworker (TF_CONFIG).", rich_help_panel="Speed")] = _default(TrainConfig, "strategy"),
@@ -187,7 +187,7 @@ def train(
         epochs=epochs, cache_views=cache_views, fine_tune_epochs=fine_tune_epochs, lr=lr,
         fine_tune_lr=fine_tune_lr, unfreeze=unfreeze, batch_size=batch_size, val_split=val_split, seed=seed,
         dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights,
-        augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), cache_ram_gb=cache_ram_gb,
+        augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), cache_ram_gb="auto" if cache_ram_gb is None else cache_ram_gb,
         mixed_precision=mixed_precision, xla=xla, strategy=strategy, project=project, name=name,
     ).resolve()  # bad flags fail here, before TensorFlow is even imported
     _import_tensorflow_quietly()

@@ -117,6 +117,21 @@ def _check_fields(config) -> None:
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+def available_memory_gb() -> float:
+    """Memory the system can give this process now (Linux: MemAvailable), else a quarter of RAM."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 4.0
+
+
 def absolute_data_dir(data_dir: str) -> str:
     """`data_dir` made absolute, so that a run's config.json works from any directory; URLs as they are."""
     data_dir = str(data_dir)
@@ -153,7 +168,9 @@ class TrainConfig:
     # epoch is one pass over every cached view; a phase 2 epoch sees each image once, in a
     # randomly chosen view.
     cache_views: int = 4
-    cache_ram_gb: float = 4.0  # cached activations beyond this spill to a file in the run folder
+    # Cached activations beyond this spill to a file in the run folder. "auto": half the memory
+    # available when training starts, at least 0.5 GB (the resolved figure goes in config.json).
+    cache_ram_gb: float | str = "auto"
     fine_tune_epochs: int = 5  # phase 2: top of the backbone unfrozen; 0 skips it
     lr: float = 1e-3
     # A tenth of the head rate: 1e-5 (the keras.io guide) barely moves the weights in a few epochs.
@@ -182,10 +199,13 @@ class TrainConfig:
         unfreeze = spec.unfreeze if self.unfreeze == "auto" else parse_unfreeze(self.unfreeze)
         if image_size < spec.min_size:
             raise TlcliError(f"--image-size {image_size} is below {self.backbone}'s minimum of {spec.min_size}.")
-        _check_fields(self)
-        self.augment.check()
-        return dataclasses.replace(self, data_dir=absolute_data_dir(self.data_dir), image_size=image_size,
-                                   unfreeze=unfreeze)
+        cache_ram_gb = available_memory_gb() / 2 if self.cache_ram_gb == "auto" else self.cache_ram_gb
+        resolved = dataclasses.replace(self, data_dir=absolute_data_dir(self.data_dir), image_size=image_size,
+                                       unfreeze=unfreeze, cache_ram_gb=round(max(0.5, cache_ram_gb), 2)
+                                       if self.cache_ram_gb == "auto" else cache_ram_gb)
+        _check_fields(resolved)
+        resolved.augment.check()
+        return resolved
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
