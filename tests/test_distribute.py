@@ -96,13 +96,14 @@ def test_two_workers_train_one_run(image_folder, tmp_path, weights):
         build_backbone("tiny", "none", 32).save_weights(weights_arg)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     project = tmp_path / "runs"
-    args = [sys.executable, "-m", "tlcli", "train", str(image_folder), "--backbone", "tiny", "--weights", weights_arg,
+    args = ["train", str(image_folder), "--backbone", "tiny", "--weights", weights_arg,
             "--image-size", "32", "--epochs", "1", "--cache-views", "2", "--fine-tune-epochs", "1",
             "--batch-size", "8", "--strategy", "multiworker", "--project", str(project), "--json"]
     workers = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        workers.append(subprocess.Popen([sys.executable, "-c", LOGGING_DRIVER, str(tmp_path / f"decoded{index}"), *args],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
         outputs = [w.communicate(timeout=240) for w in workers]
     except subprocess.TimeoutExpired:
@@ -119,6 +120,34 @@ def test_two_workers_train_one_run(image_folder, tmp_path, weights):
     from tlcli.model import load_classifier
 
     assert load_classifier(run / "model.keras").output_shape == (None, 3)
+
+    # Each worker decoded only its own shard of the training files; both read the val files.
+    from tlcli.data import find_folder
+
+    split = find_folder(str(image_folder), 0.2, 0)
+    decoded = [set((tmp_path / f"decoded{i}").read_text().split("\n")) - {""} for i in range(2)]
+    train = set(split.train.paths)
+    assert decoded[0] & decoded[1] & train == set()
+    assert (decoded[0] | decoded[1]) & train == train
+    assert all(len(d & train) in (len(train) // 2, len(train) - len(train) // 2) for d in decoded)
+    assert set(split.val.paths) <= decoded[0] and set(split.val.paths) <= decoded[1]
+
+
+LOGGING_DRIVER = """
+import sys
+from tlcli import images
+from tlcli.cli import app
+
+real = images.load_image
+
+def load_image(path, size):  # every file this process decodes, one per line
+    with open(sys.argv[1], "a") as log:
+        log.write(str(path) + "\\n")
+    return real(path, size)
+
+images.load_image = load_image
+app(sys.argv[2:])
+"""
 
 
 RESUME_DRIVER = """

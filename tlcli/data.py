@@ -175,9 +175,11 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
     return ImageFolder(class_names, train, val, test, [], notes)
 
 
-def drop_unusable(folder: ImageFolder, failed: dict[str, str]) -> ImageFolder:
-    """`folder` without the files that failed to decode ({path: reason}, listed in `skipped`) and
-    without classes left with no usable training image (labels renumbered, with a warning)."""
+def drop_unusable(folder: ImageFolder, failed: dict[str, str], drop_classes: bool = True) -> ImageFolder:
+    """`folder` without the files that failed to decode ({path: reason}, listed in `skipped`) and,
+    with `drop_classes`, without classes left with no usable training image (labels renumbered,
+    with a warning). A worker that holds one shard of the files keeps every class: the others
+    may have images of it."""
     def keep(split: Split | None) -> Split | None:
         if split is None:
             return None
@@ -186,7 +188,7 @@ def drop_unusable(folder: ImageFolder, failed: dict[str, str]) -> ImageFolder:
 
     train, val, test = keep(folder.train), keep(folder.val), keep(folder.test)
     notes = list(folder.warnings)
-    present = set(train.labels.tolist())
+    present = set(train.labels.tolist()) if drop_classes else set(range(len(folder.class_names)))
     kept = [label for label in range(len(folder.class_names)) if label in present]
     for label in sorted(set(range(len(folder.class_names))) - present):
         notes.append(f"class '{folder.class_names[label]}' has no usable images; left out.")

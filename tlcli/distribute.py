@@ -70,6 +70,17 @@ def ignored_tf_config(strategy) -> str | None:
     return None
 
 
+def worker_shard(strategy) -> tuple[int, int]:
+    """(this worker's index, number of workers): the shard of the training files it reads."""
+    if not is_multiworker(strategy):
+        return 0, 1
+    config = _tf_config()
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    index = 0 if task.get("type") == "chief" else chiefs + int(task.get("index", 0))
+    return index, chiefs + workers
+
+
 def is_multiworker(strategy) -> bool:
     import tensorflow as tf
 

@@ -41,6 +41,7 @@ from tlcli.model import (build_classifier, count_params, feature_model, freeze_b
 from tlcli.callbacks import (BestKeeper, EpochBars, EpochCheckpoint, HistoryRecorder, StopCheck,
                              save_checkpoint, write_history)
 from tlcli.progress import Step, make_progress
+from tlcli.shard import features_dataset, files_dataset, shard_of, steps_per_epoch, views_dataset
 from tlcli.rundir import create_run_dir, write_csv, write_json, write_text
 
 CACHE_DIR = ".cache"  # inside the run folder; removed when training ends
@@ -101,7 +102,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
                                                             (", XLA" if xla else "") + ")" if gpu else ""))
                 session = Session(config, data, classifier, run, console, quiet, xla, stopper, strategy, chief,
                                   state or {"phase": 1, "epoch": 0, "history": [], "best": None, "best_epoch": None},
-                                  resumed=state is not None)
+                                  resumed=state is not None, shard=distribute.worker_shard(strategy))
                 try:
                     result = _fit(session)
                 finally:
@@ -159,6 +160,8 @@ class Session:
     chief: bool
     state: dict  # phase, epoch, history, best, best_epoch: fresh, or from last/ when resuming
     resumed: bool = False
+    shard: tuple[int, int] = (0, 1)  # (this worker, workers): each reads its own shard of the files
+    n_train_total: int = 0  # training images of every shard
     seconds: dict = field(default_factory=dict)
     throughput: dict = field(default_factory=dict)
 
@@ -184,6 +187,7 @@ def _fit(s: Session) -> TrainResult:
         top, activations, pooled = _cache_step(s, augmenter)  # may drop files and classes that failed
         keeper = _keeper(s)
         weights = class_weights(s.data.train.labels, s.n_classes) if config.class_weights == "auto" else None
+        # (a worker's shard has every count-th file of a sorted list: its class mix is the whole's)
         if phase == 1:
             trainer = _phase1(s, keeper, pooled, weights)
         if config.fine_tune_epochs > 0:
@@ -230,6 +234,9 @@ def _cache_step(s: Session, augmenter):
     Returns (top or None, activations, (pooled train, pooled val)).
     """
     config, found = s.config, s.data
+    index, count = s.shard
+    if count > 1:
+        found = dataclasses.replace(found, train=shard_of(found.train, index, count))
     freeze_backbone(s.classifier)
     cached_phase2 = config.fine_tune_epochs > 0 and pretrained(config.weights)
     stem, top = _split(s.classifier, config, cached_phase2)
@@ -240,7 +247,8 @@ def _cache_step(s: Session, augmenter):
         activations, failed = cache.compute(stem, augmenter, found.train.paths, found.val.paths, config.image_size,
                                             config.cache_views, config.batch_size, config.cache_ram_gb * 2**30,
                                             s.run / CACHE_DIR, step)
-        s.data = drop_unusable(found, failed)
+        s.data = drop_unusable(found, failed, drop_classes=count == 1)
+        s.n_train_total = len(s.data.train) if count == 1 else len(s.data.train) * count
         activations = cache.keep(activations, _rows(found.train, s.data.train), s.data.train.labels,
                                  _rows(found.val, s.data.val), s.data.val.labels)
         if s.data.class_names != found.class_names:
@@ -316,14 +324,21 @@ def _phase1(s: Session, keeper: BestKeeper, pooled, weights) -> keras.Model:
     if s.resumed:
         checkpoint.restore_optimizer(s.run, trainer.optimizer, trainer.trainable_variables)
     distribute.prepare_for_fit(trainer, s.strategy)
+    y = s.onehot(np.tile(data.train.labels, config.cache_views))
+    fit_args = dict(x=train_x, y=y, batch_size=config.batch_size, shuffle=True, class_weight=weights)
+    steps = -(-len(train_x) // config.batch_size)
+    if s.shard[1] > 1:  # this worker's own features, 1/N of each global batch
+        worker_batch = max(1, config.batch_size // s.shard[1])
+        sample_weights = None if weights is None else np.asarray([weights[int(i)] for i in y.argmax(1)], np.float32)
+        steps = steps_per_epoch(s.n_train_total * config.cache_views, s.shard[1], worker_batch)
+        fit_args = dict(x=features_dataset(train_x, y, sample_weights, worker_batch, config.seed),
+                        steps_per_epoch=steps)
     start = time.perf_counter()
     with make_progress(s.console, s.quiet) as progress:
         trainer.fit(
-            train_x, s.onehot(np.tile(data.train.labels, config.cache_views)),
-            batch_size=config.batch_size, epochs=config.epochs, initial_epoch=s.state["epoch"], shuffle=True,
-            class_weight=weights, validation_data=(val_x, s.onehot(data.val.labels)), verbose=0,
-            callbacks=_callbacks(s, keeper, progress, 1, "Head", config.epochs,
-                                 -(-len(train_x) // config.batch_size), config.lr, 0),
+            **fit_args, epochs=config.epochs, initial_epoch=s.state["epoch"],
+            validation_data=(val_x, s.onehot(data.val.labels)), verbose=0,
+            callbacks=_callbacks(s, keeper, progress, 1, "Head", config.epochs, steps, config.lr, 0),
         )
     s.seconds["phase1"] = time.perf_counter() - start + s.seconds.pop("cache", 0.0)
     s.throughput["phase1_images_per_second"] = (len(train_x) + len(val_x)) / s.seconds["phase1"]
@@ -347,13 +362,20 @@ def _compile_phase2(s: Session, top, augmenter) -> keras.Model:
 def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, weights, cached: bool) -> None:
     """The top of the backbone and the head, at the lower fine-tuning rate."""
     config, data = s.config, s.data
+    workers = s.shard[1]
+    batch = max(1, config.batch_size // workers)  # per worker: the global batch is split between them
+    steps = -(-len(data.train) // config.batch_size) if workers == 1 else \
+        steps_per_epoch(s.n_train_total, workers, batch)
     if cached:
-        train_data = cache.RandomViews(activations, s.n_classes, config.batch_size, config.seed, weights)
+        train_data = cache.RandomViews(activations, s.n_classes, batch, config.seed, weights)
         val_data = (activations.val, s.onehot(data.val.labels))
         weights = None  # RandomViews yields the class weights as sample weights
+        if workers > 1:
+            train_data = views_dataset(train_data, s.n_classes)
     else:
         train_data = make_dataset(data.train, s.n_classes, config.batch_size, shuffle=True, seed=config.seed,
-                                  size=config.image_size)
+                                  size=config.image_size) if workers == 1 else \
+            files_dataset(data.train, s.n_classes, batch, config.seed, config.image_size)
         val_data = make_dataset(data.val, s.n_classes, config.batch_size, shuffle=False, size=config.image_size)
     distribute.prepare_for_fit(trainer, s.strategy)
     resuming = s.resumed and s.state["phase"] == 2
@@ -362,9 +384,9 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
         trainer.fit(
             train_data, validation_data=val_data, validation_batch_size=config.batch_size if cached else None,
             epochs=config.fine_tune_epochs, initial_epoch=s.state["epoch"] if resuming else 0,
-            class_weight=weights, verbose=0, shuffle=False,
-            callbacks=_callbacks(s, keeper, progress, 2, "Tune", config.fine_tune_epochs,
-                                 -(-len(data.train) // config.batch_size), config.fine_tune_lr, config.epochs),
+            class_weight=weights, verbose=0, shuffle=False, steps_per_epoch=steps if workers > 1 else None,
+            callbacks=_callbacks(s, keeper, progress, 2, "Tune", config.fine_tune_epochs, steps,
+                                 config.fine_tune_lr, config.epochs),
         )
     s.seconds["phase2"] = time.perf_counter() - start
     s.throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / s.seconds["phase2"]
