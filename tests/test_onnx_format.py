@@ -167,6 +167,23 @@ def test_running_without_the_extra_says_how_to_install_it(monkeypatch, tmp_path)
     assert str(error.value) == "running a .onnx model needs the [onnx] extra: pip install 'tlcli[onnx]'"
 
 
+@pytest.mark.parametrize("why", ["numpy.core.multiarray failed to import", ""])
+def test_a_broken_onnxruntime_is_named_in_one_line(why, monkeypatch, tmp_path):
+    """onnxruntime < 1.19 under NumPy 2 is installed but fails to import (with an empty message):
+    say so, not "install it"."""
+    from tlcli.onnx_format import OnnxRunner
+
+    fake = tmp_path / "site" / "onnxruntime"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"raise ImportError({why!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    with pytest.raises(TlcliError) as error:
+        OnnxRunner(ModelRef("onnx", tmp_path / "model.onnx", ["a", "b"], 32, None))
+    assert str(error.value) == ("running a .onnx model needs the [onnx] extra, and onnxruntime fails to import"
+                                + (f" ({why})" if why else "") + ": pip install --upgrade 'tlcli[onnx]'")
+
+
 def test_listing_the_runner_in_runtime_makes_no_import_cycle():
     """runtime.RUNNERS will hold OnnxRunner, so runtime imports this module: it must not import back."""
     from test_imports import find_cycle, import_graph

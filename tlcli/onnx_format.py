@@ -17,6 +17,7 @@ back would make a cycle. It imports nothing from runtime for that reason.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -42,11 +43,8 @@ def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str
     Traced at a fixed size, tlcli's Resize layer is the identity and leaves no ops behind.
     `labels`, if given, are stored in the file's metadata.
     """
-    try:
-        import onnx  # noqa: F401  (asked by name: a tf2onnx imported earlier would not notice it gone)
-        import tf2onnx
-    except ImportError:
-        raise TlcliError(f"ONNX export needs the [onnx] extra: {MISSING_EXTRA}") from None
+    _import_extra("onnx", "ONNX export")  # asked by name: a tf2onnx imported earlier would not notice it gone
+    tf2onnx = _import_extra("tf2onnx", "ONNX export")
     import tensorflow as tf
 
     spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT)
@@ -77,10 +75,7 @@ def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str
 
 def onnx_session(path: str | Path):
     """An onnxruntime session for the `.onnx` file at `path`, on the CPU, every core."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise TlcliError(f"running a .onnx model needs the [onnx] extra: {MISSING_EXTRA}") from None
+    onnxruntime = _import_extra("onnxruntime", "running a .onnx model")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings go to stderr past Python
     try:
@@ -88,6 +83,18 @@ def onnx_session(path: str | Path):
             return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # InvalidProtobuf, NoSuchFile, Fail… (pybind classes, not exported)
         raise TlcliError(f"cannot load '{path}' as an ONNX model: {_first_line(error)}") from None
+
+
+def _import_extra(name: str, task: str):
+    """Module `name` of the [onnx] extra, or a one-line error saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:  # it, or one of its own dependencies, is not installed
+        raise TlcliError(f"{task} needs the [onnx] extra: {MISSING_EXTRA}") from None
+    except ImportError as error:  # installed, but built for another NumPy (onnxruntime < 1.19 on NumPy 2), …
+        why = f" ({_first_line(error)})" if str(error).strip() else ""  # onnxruntime's own says nothing
+        raise TlcliError(f"{task} needs the [onnx] extra, and {name} fails to import{why}: "
+                         "pip install --upgrade 'tlcli[onnx]'") from None
 
 
 def read_labels(source) -> list[str] | None:
