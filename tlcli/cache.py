@@ -12,9 +12,22 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import dataclasses
+import json
+import time
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tlcli.data import drop_unusable
+from tlcli.errors import TlcliError
+from tlcli.model import build_classifier, feature_model, freeze_backbone, pretrained, split_backbone
+from tlcli.progress import Step, make_progress
+from tlcli.rundir import write_csv, write_json, write_text
+from tlcli.shard import shard_of
+
+CACHE_DIR = ".cache"  # inside the run folder; removed when training ends
 
 
 @dataclass
@@ -124,6 +137,89 @@ def pooled_features(top: keras.Model | None, cache: ActivationCache, batch_size:
                                for i in range(0, len(array), batch_size)])
 
     return np.concatenate([run(cache.train[v]) for v in range(cache.views)]), run(cache.val)
+
+
+def caching_pass(s, augmenter):
+    """The caching step of training Session `s`: split the classifier and run its frozen stem
+    once per view of every image (this worker's shard of them, under multiworker).
+
+    Phase 2 trains on cached activations only when BatchNorm is frozen (pretrained weights);
+    otherwise the stem is the whole frozen feature extractor and phase 2 runs end to end.
+    The files stream through the decoder once; those that fail are skipped (skipped.csv), and a
+    class left with no usable image is left out, its head rebuilt without it.
+    Returns (top or None, activations, (pooled train, pooled val)).
+    """
+    config, found = s.config, s.data
+    index, count = s.shard
+    if count > 1:
+        found = dataclasses.replace(found, train=shard_of(found.train, index, count))
+    freeze_backbone(s.classifier)
+    cached_phase2 = config.fine_tune_epochs > 0 and pretrained(config.weights)
+    stem, top = _split(s.classifier, config, cached_phase2)
+    start = time.perf_counter()
+    with make_progress(s.console, s.quiet) as progress:
+        step = Step(progress, "Caching", check=s.stopper.check)
+        step.start(len(found.train) * config.cache_views + len(found.val))
+        activations, failed = compute(stem, augmenter, found.train.paths, found.val.paths, config.image_size,
+                                            config.cache_views, config.batch_size, config.cache_ram_gb * 2**30,
+                                            s.run / CACHE_DIR, step)
+        s.data = drop_unusable(found, failed, drop_classes=count == 1)
+        s.n_train_total = len(s.data.train) if count == 1 else len(s.data.train) * count
+        activations = keep(activations, _rows(found.train, s.data.train), s.data.train.labels,
+                                 _rows(found.val, s.data.val), s.data.val.labels)
+        if s.data.class_names != found.class_names:
+            s.classifier = _without_lost_classes(s, found.class_names)
+            stem, top = _split(s.classifier, config, cached_phase2)
+        pooled = pooled_features(top, activations, config.batch_size)
+        step.done(f"{config.cache_views} view(s) in {activations.seconds:.1f}s"
+                  + (" (spilled to disk)" if activations.spilled else ""))
+    s.seconds["cache"] = time.perf_counter() - start
+    _report_skipped(s, found)
+    return top, activations, pooled
+
+
+def _split(classifier, config, cached_phase2: bool):
+    """(stem, top): top is None when phase 2 runs end to end, and the stem is the feature model."""
+    if cached_phase2:
+        stem, top = split_backbone(classifier, config.unfreeze)
+        if top is not None:
+            return stem, top
+    return feature_model(classifier), None
+
+
+def _rows(before, after) -> list[int]:
+    """Where each of `after`'s paths was in `before` (after is before without some paths)."""
+    where = {p: i for i, p in enumerate(before.paths)}
+    return [where[p] for p in after.paths]
+
+
+def _without_lost_classes(s, found_classes: list[str]) -> keras.Model:
+    """The classifier rebuilt for the classes that kept usable images, every weight but the head's
+    copied, so the cached activations of its frozen stem stay valid."""
+    if s.resumed:
+        raise TlcliError(f"the classes in {s.config.data_dir} changed since {s.run} started; cannot resume.")
+    config, old = s.config, s.classifier
+    new = build_classifier(config.backbone, s.n_classes, config.image_size, config.weights, config.dropout)
+    for layer in new.layers:
+        if layer.name != "predictions" and layer.weights:
+            layer.set_weights(old.get_layer(layer.name).get_weights())
+    freeze_backbone(new)
+    return new
+
+
+def _report_skipped(s, found) -> None:
+    """Say what the caching pass left out, and record it in the run folder."""
+    data = s.data
+    for note in data.warnings[len(found.warnings):]:
+        s.say(f"[yellow]warning:[/] {note}")
+    if data.skipped:
+        s.say(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
+    if s.chief and data.skipped:
+        write_csv(s.run / "skipped.csv", ["path", "reason"], data.skipped)
+    if s.chief and data.class_names != found.class_names:
+        saved = json.loads((s.run / "config.json").read_text(encoding="utf-8"))
+        write_json(s.run / "config.json", {**saved, "class_names": data.class_names})
+        write_text(s.run / "labels.txt", "\n".join(data.class_names) + "\n")
 
 
 class RandomViews(keras.utils.PyDataset):
