@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -24,23 +25,19 @@ def _export(args):
     return CliRunner().invoke(app, ["export", *map(str, args)], catch_exceptions=False)
 
 
+TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8", "int8_io")
+
+
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
     """Every format of the shared tiny run, checked on its validation split: (folder, --json dict)."""
     out = tmp_path_factory.mktemp("export") / "all"
-    result = _export(["--model", trained_run, "--quantize", "all", "--saved-model", "--output", out, "--json"])
+    result = _export(["--model", trained_run, "--quantize", "all", "--int8-io", "--saved-model", "--output", out,
+                      "--json"])
     assert result.exit_code in (0, 1), result.output
     report = json.loads(result.stdout)
     assert result.exit_code == (0 if report["passed"] else 1)
     return out, report
-
-
-@pytest.fixture(scope="module")
-def exported_int8_io(trained_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "int8io"
-    result = _export(["--model", trained_run, "--int8-io", "--output", out, "--json", "--min-agreement", "0"])
-    assert result.exit_code == 0, result.output
-    return out, json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +64,22 @@ def _plain_interpreter(path):
 
 
 def _plain_run(path, images: np.ndarray) -> np.ndarray:
-    """Probabilities of a float-in, float-out .tflite, one image per call, without tlcli's code."""
+    """Probabilities of a float-in, float-out .tflite (or uint8-in, uint8-out with pixels as they
+    are), one image per call, without tlcli's code."""
     interpreter = _plain_interpreter(path)
     (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
-    assert inp["dtype"] == np.float32 and outp["dtype"] == np.float32
+    if inp["dtype"] == np.uint8:
+        assert inp["quantization"] == (1.0, 0) and outp["dtype"] == np.uint8
+    else:
+        assert inp["dtype"] == np.float32 and outp["dtype"] == np.float32
     out = []
     for image in images:
-        interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
+        interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
         interpreter.invoke()
-        out.append(interpreter.get_tensor(outp["index"])[0].copy())
+        out.append(interpreter.get_tensor(outp["index"])[0].astype(np.float32))
+    if outp["dtype"] == np.uint8:
+        scale, zero_point = outp["quantization"]
+        return (np.stack(out) - zero_point) * scale
     return np.stack(out)
 
 
@@ -98,7 +102,10 @@ def test_select_formats_defaults_repeats_and_all():
     assert select_formats(quantize=["int8", "fp16", "int8"]) == ["float32", "float16", "int8"]
     assert select_formats(quantize=["dynamic,float16"]) == ["float32", "float16", "dynamic"]
     assert select_formats(quantize=["all"]) == ["float32", "float16", "dynamic", "int8"]
-    assert select_formats(int8_io=True) == ["float32", "int8"]
+    # --int8-io has its own file, beside the float-I/O int8 one when both are asked for.
+    assert select_formats(int8_io=True) == ["float32", "int8_io"]
+    assert select_formats(quantize=["int8"], int8_io=True) == ["float32", "int8", "int8_io"]
+    assert "int8_io" not in select_formats(quantize=["all"])
     with pytest.raises(TlcliError) as error:
         select_formats(quantize=["int4"])
     assert error.value.exit_code == 2 and "int8" in str(error.value)
@@ -123,11 +130,12 @@ def test_bad_quantize_value_is_a_one_line_error(cli):
 
 def test_every_format_is_written_with_labels_and_model_json(exported):
     out, report = exported
-    for name in ("float32", "float16", "dynamic", "int8", "saved_model"):
+    for name in (*TFLITE_FORMATS, "saved_model"):
         assert (out / FORMATS[name].file).exists(), name
+    assert (out / "model_int8.tflite").is_file() and (out / "model_int8_io.tflite").is_file()  # side by side
     assert (out / "saved_model" / "saved_model.pb").is_file()
     assert (out / "labels.txt").read_text().split() == ["bright", "dark", "striped"]
-    assert [a["format"] for a in report["artifacts"]] == ["float32", "float16", "dynamic", "int8", "saved_model"]
+    assert [a["format"] for a in report["artifacts"]] == [*TFLITE_FORMATS, "saved_model"]
     assert not [a["notes"] for a in report["artifacts"] if a["notes"]]  # each is quantized as its name says
     # Nothing temporary is left behind by the atomic writes.
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
@@ -144,9 +152,38 @@ def test_model_json_says_how_to_feed_the_model(exported, trained_run):
 
     assert info["tlcli_version"] == __version__
     assert set(info["files"]) == {"model.tflite", "model_fp16.tflite", "model_dynamic.tflite", "model_int8.tflite",
-                                  "saved_model"}
+                                  "model_int8_io.tflite", "saved_model"}
     assert info["files"]["model_int8.tflite"]["input_dtype"] == "float32"  # float I/O unless --int8-io
+    assert info["files"]["model_int8_io.tflite"]["input_dtype"] == "uint8"
     assert info["files"]["saved_model"]["signature"] == "serving_default"
+    for name in TFLITE_FORMATS:  # what the file itself holds, checked here without tlcli's code
+        entry, data = info["files"][FORMATS[name].file], (out / FORMATS[name].file).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size_bytes"] == len(data), name
+        assert entry["metadata"] is True and entry["input_shape"] == [1, 32, 32, 3], name
+        assert entry["input_range"] == [0, 255] and entry["output_shape"] == [1, 3], name
+
+
+def test_every_tflite_carries_metadata_with_the_labels(exported, trained_run):
+    """Read back with the schema's own generated code (LiteRT's), not tlcli's reader."""
+    import zipfile
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tlcli import __version__
+
+    out, _ = exported
+    labels = (trained_run / "labels.txt").read_bytes()
+    for name in TFLITE_FORMATS:
+        data = (out / FORMATS[name].file).read_bytes()
+        model = schema.Model.GetRootAs(data, 0)
+        names = [model.Metadata(i).Name() for i in range(model.MetadataLength())]
+        assert b"TFLITE_METADATA" in names, name
+        buffer = model.Buffers(model.Metadata(names.index(b"TFLITE_METADATA")).Buffer()).DataAsNumpy().tobytes()
+        assert buffer[4:8] == b"M001", name
+        for text in (b"tlcli tiny classifier", trained_run.name.encode(), b"32x32", __version__.encode()):
+            assert text in buffer, (name, text)
+        with zipfile.ZipFile(out / FORMATS[name].file) as archive:
+            assert archive.read("labels.txt") == labels, name
 
 
 def test_every_artifact_agrees_with_keras_and_the_report_says_so(exported, keras_model, val_split):
@@ -195,23 +232,22 @@ def test_int8_model_tensors_really_are_int8(exported):
     assert tensor_dtypes(out / "model_dynamic.tflite")["int8"] > 0
 
 
-def test_int8_io_has_uint8_tensors_mapping_pixels_as_they_are(exported_int8_io, exported, val_split):
+def test_int8_io_has_uint8_tensors_mapping_pixels_as_they_are(exported, val_split):
     from tlcli.convert import tensor_dtypes
 
-    out, report = exported_int8_io
-    interpreter = _plain_interpreter(out / "model_int8.tflite")
+    out, _ = exported
+    interpreter = _plain_interpreter(out / "model_int8_io.tflite")
     (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inp["dtype"] == np.uint8 and outp["dtype"] == np.uint8
     assert inp["quantization"] == (1.0, 0)  # byte 0..255 is pixel 0..255: feed camera bytes as is
     assert list(inp["shape"]) == [1, 32, 32, 3]
-    assert not [d for d in tensor_dtypes(out / "model_int8.tflite") if d.startswith("float")]
-    entry = json.loads((out / "model.json").read_text())["files"]["model_int8.tflite"]
+    assert not [d for d in tensor_dtypes(out / "model_int8_io.tflite") if d.startswith("float")]
+    entry = json.loads((out / "model.json").read_text())["files"]["model_int8_io.tflite"]
     assert entry["input_dtype"] == "uint8" and entry["input_quantization"] == {"scale": 1.0, "zero_point": 0}
-    # Same quantized network as the float-I/O int8 model, so the same answers.
-    float_io = _tlcli_run(exported[0] / "model_int8.tflite", val_split.images)
-    uint8_io = _tlcli_run(out / "model_int8.tflite", val_split.images)
+    # Same quantized network as the float-I/O int8 model beside it, so the same answers.
+    float_io = _tlcli_run(out / "model_int8.tflite", val_split.images)
+    uint8_io = _tlcli_run(out / "model_int8_io.tflite", val_split.images)
     assert np.abs(float_io - uint8_io).max() < 0.02
-    assert [a["format"] for a in report["artifacts"]] == ["float32", "int8"]
 
 
 def test_no_augmentation_in_the_exports_and_preprocessing_inside(exported, keras_model, val_split):
@@ -240,6 +276,51 @@ def test_saved_model_serves_raw_images_of_any_size(exported, keras_model):
     images = np.random.default_rng(0).integers(0, 256, (2, 45, 37, 3)).astype(np.float32)
     probs = serve(image=tf.constant(images))["probabilities"].numpy()
     np.testing.assert_allclose(probs, keras_model.predict(images, verbose=0), atol=1e-5)
+
+
+# ---------------------------------------------------------------- the real client: MediaPipe Tasks
+
+
+@pytest.fixture(scope="module")
+def mediapipe_results(exported, image_folder, tmp_path_factory) -> tuple[np.ndarray, dict[str, dict]]:
+    """(images, {format: result}): MediaPipe Tasks' ImageClassifier on every exported .tflite, in
+    its own process (tests/mediapipe_client.py), on all 24 images of the run's folder decoded as
+    tlcli decodes them (its 6 validation images alone are too few to tell 98% from 100%)."""
+    import importlib.util
+    import subprocess
+
+    from tlcli.images import load_image
+
+    if importlib.util.find_spec("mediapipe") is None:
+        pytest.skip("mediapipe is not installed: pip install -e '.[dev]'")
+    out, _ = exported
+    images = np.stack([load_image(p, 32) for p in sorted(image_folder.rglob("*")) if p.is_file()])
+    pixels = tmp_path_factory.mktemp("mediapipe") / "images.npy"
+    np.save(pixels, images)
+    client = Path(__file__).with_name("mediapipe_client.py")
+    proc = subprocess.run([sys.executable, str(client), str(pixels), *(str(out / FORMATS[n].file) for n in TFLITE_FORMATS)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return images, dict(zip(TFLITE_FORMATS, json.loads(proc.stdout.strip().splitlines()[-1])))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TFLITE_FORMATS)
+def test_mediapipe_image_classifier_loads_every_tflite_with_its_class_names(mediapipe_results, exported,
+                                                                           trained_run, name):
+    """As a phone app loads the file: no NormalizationOptions error, the labels as category names,
+    and the answers `tlcli predict` gives (its runtime, on the same pixels)."""
+    images, results = mediapipe_results
+    out, _ = exported
+    result = results[name]
+    assert "error" not in result, result.get("error")
+    assert result["names"] == (trained_run / "labels.txt").read_text().splitlines()
+    scores, ours = np.array(result["scores"]), _tlcli_run(out / FORMATS[name].file, images)
+    agreement = np.mean(scores.argmax(1) == ours.argmax(1))
+    assert agreement >= FORMATS[name].min_agreement, (name, agreement)
+    # Normalization exactly right (mean 0, std 1): the same probabilities, not merely the same top-1
+    # (identical when measured; a quantized output may differ by a step of 1/256 on other kernels).
+    assert np.abs(scores - ours).max() < (0.01 if FORMATS[name].full_integer else 1e-4), name
 
 
 # ---------------------------------------------------------------- the check catches a broken file

@@ -3,7 +3,9 @@ and the SavedModel.
 
 Every exported model takes raw RGB pixels (0-255): the backbone's preprocessing is inside it,
 the training-only augmentation stage never is. Formats are one table, `FORMATS`; adding a
-precision is one entry there. Converted .tflite bytes reach the disk only through `write_tflite`.
+precision is one entry there. Converted .tflite bytes reach the disk only through `write_tflite`,
+which gives every file the TFLite metadata (`tlcli.tflite_metadata`) that MediaPipe Tasks and
+the TFLite Task Library need to load it: normalization, and the labels.
 
 TensorFlow is imported inside the functions that need it.
 """
@@ -36,6 +38,7 @@ class Format:
     optimize: bool = False  # converter.optimizations = [DEFAULT]
     supported_types: tuple[str, ...] = ()  # converter.target_spec.supported_types
     full_integer: bool = False  # int8 activations too: needs a representative dataset
+    uint8_io: bool = False  # full integer with uint8 input and output tensors
 
 
 FORMATS: dict[str, Format] = {
@@ -48,6 +51,9 @@ FORMATS: dict[str, Format] = {
                       optimize=True),
     "int8": Format("model_int8.tflite", "tflite", 0.95, "TFLite, full integer int8",
                    optimize=True, full_integer=True),
+    # The same network as int8, with uint8 input and output: camera bytes go in as they are.
+    "int8_io": Format("model_int8_io.tflite", "tflite", 0.95, "TFLite, full integer int8, uint8 input and output",
+                      optimize=True, full_integer=True, uint8_io=True),
     "saved_model": Format("saved_model", "savedmodel", 0.98, "SavedModel (TF Serving)"),
 }
 
@@ -87,13 +93,14 @@ def convert_tflite(model, name: str, calibration: np.ndarray | None = None, int8
                    step: Step | None = None) -> tuple[bytes, list[str]]:
     """Convert a fixed-shape model to TFLite bytes in format `name`; also returns notes.
 
-    Full integer formats calibrate on `calibration` (uint8 images). With `int8_io` their input
-    and output tensors are uint8; the input maps 0..255 to pixel values 0..255 (scale 1,
-    zero point 0), so an app feeds camera bytes as they are.
+    Full integer formats calibrate on `calibration` (uint8 images). With `int8_io` (or a format
+    with `uint8_io`) their input and output tensors are uint8; the input maps 0..255 to pixel
+    values 0..255 (scale 1, zero point 0), so an app feeds camera bytes as they are.
     """
     import tensorflow as tf
 
     fmt = FORMATS[name]
+    int8_io = int8_io or fmt.uint8_io
 
     def make_converter():
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -196,10 +203,51 @@ def _tensors(interpreter, include_io: bool) -> list[dict]:
     return [t for t in interpreter.get_tensor_details() if include_io or t["index"] not in io_indices]
 
 
-def write_tflite(path: Path, data: bytes) -> None:
-    """Write converted .tflite bytes to `path`, atomically: every exported .tflite is written here."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a .tflite file says about itself in its metadata: its classes and where it came from."""
+
+    labels: tuple[str, ...]
+    backbone: str = "unknown"
+    run: str = ""  # the run's name, when the model comes from one
+
+    def metadata(self, size: int, dtype: str) -> dict:
+        """Keyword arguments of `add_metadata` for a model of `size` px input of `dtype`."""
+        from tlcli import __version__
+
+        names = ", ".join(self.labels)
+        description = (f"Classifies an image as one of {len(self.labels)} classes ({names}). Input: raw RGB "
+                       f"pixels 0-255 at {size}x{size}, {dtype}, no scaling (preprocessing is inside). Output: "
+                       f"softmax probabilities in label order. Trained with tlcli {__version__}"
+                       + (f", run {self.run}." if self.run else "."))
+        # Float inputs take raw pixels, so mean 0 and std 1; a uint8 input's scale 1 and zero
+        # point 0 say the same in its quantization, and the schema asks for the normalization anyway.
+        return {"name": f"tlcli {self.backbone} classifier", "description": description,
+                "version": self.run or f"tlcli {__version__}", "author": "tlcli", "mean": 0.0, "std": 1.0}
+
+
+def write_tflite(path: Path, data: bytes, info: ModelInfo | None = None) -> None:
+    """Write converted .tflite bytes to `path`, atomically: every exported .tflite is written here.
+
+    With `info`, the file carries image-classifier metadata and the labels (see
+    `tlcli.tflite_metadata`); the model itself is kept byte for byte, so its outputs do not change.
+    """
+    if info is not None:
+        data = _with_metadata(data, info)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def _with_metadata(data: bytes, info: ModelInfo) -> bytes:
+    from tlcli.tflite_metadata import add_metadata
+
+    interpreter = tflite_interpreter(data, threads=1)
+    (inp,) = interpreter.get_input_details()
+    size, dtype = int(inp["shape"][1]), np.dtype(inp["dtype"]).name
+    try:
+        return add_metadata(data, list(info.labels), **info.metadata(size, dtype))
+    except ValueError as error:
+        raise TlcliError(f"cannot add TFLite metadata: {error}") from None
 
 
 def write_saved_model(classifier, path: Path) -> None:

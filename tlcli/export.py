@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from tlcli.convert import (FORMATS, assert_no_augmentation, convert_tflite, fixed_shape_model, quantization_notes,
-                           write_saved_model, write_tflite)
+from tlcli.convert import (FORMATS, ModelInfo, assert_no_augmentation, convert_tflite, fixed_shape_model,
+                           quantization_notes, write_saved_model, write_tflite)
 from tlcli.errors import TlcliError, unknown_name
 from tlcli.model_json import write_model_json
 from tlcli.parity import Check, check_artifact, check_reference
@@ -39,7 +39,8 @@ def select_formats(tflite: bool = False, quantize=(), saved_model: bool = False,
     """The formats the flags ask for, in `FORMATS` order.
 
     `quantize` items may repeat, be comma-separated or be "all"; any of them implies the float32
-    TFLite file, and so does asking for nothing at all. --int8-io implies --quantize int8.
+    TFLite file, and so does asking for nothing at all. --int8-io adds its own file
+    (model_int8_io.tflite) beside any --quantize int8 one.
     """
     wanted = set()
     for item in quantize or ():
@@ -54,7 +55,7 @@ def select_formats(tflite: bool = False, quantize=(), saved_model: bool = False,
                 raise unknown_name("--quantize precision", name, (*QUANTIZE_CHOICES, "all"))
             wanted.add(name)
     if int8_io:
-        wanted.add("int8")
+        wanted.add("int8_io")
     if tflite or wanted or not saved_model:
         wanted.add("float32")
     if saved_model:
@@ -102,11 +103,12 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
     <run>/export), with labels.txt and model.json, and check each against the Keras model.
 
     int8 calibrates on `calibration_samples` images of `calibration_data` (default: the run's
-    training images); `int8_io` gives it uint8 input and output. The check runs on `check_data`
+    training images); `int8_io` adds the "int8_io" format (uint8 input and output) to `formats`.
+    Every .tflite carries TFLite metadata with the labels. The check runs on `check_data`
     (default: the run's validation images); `min_agreement` overrides each format's own minimum.
     """
     console = console or Console(stderr=True)
-    formats = [f for f in FORMATS if f in set(formats)]
+    formats = [f for f in FORMATS if f in {*formats, *(["int8_io"] if int8_io else [])}]
     if not formats:
         raise TlcliError("nothing to export: give --tflite, --quantize or --saved-model.")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
@@ -169,7 +171,8 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
                 calibration = _load_calibration(calibration_files, calibration_samples, size, seed, progress,
                                                 calibration_data)
 
-        artifacts = _convert_all(keras_runner.model, formats, out, size, calibration, int8_io, progress)
+        info = ModelInfo(tuple(ref.labels), config.get("backbone", "unknown"), ref.run_dir.name if ref.run_dir else "")
+        artifacts = _convert_all(keras_runner.model, formats, out, size, calibration, info, progress)
         write_text(out / "labels.txt", "\n".join(ref.labels) + "\n")
         write_model_json(out, ref, config, {name: path for name, (path, _) in artifacts.items()})
         reference, checks = _check_all(keras_runner, artifacts, check_images, check_labels, min_agreement, progress)
@@ -178,9 +181,9 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
                         0 if calibration is None else len(calibration))
 
 
-def _convert_all(classifier, formats: list[str], out: Path, size: int, calibration, int8_io: bool,
+def _convert_all(classifier, formats: list[str], out: Path, size: int, calibration, info: ModelInfo,
                  progress) -> dict[str, tuple[Path, list[str]]]:
-    """Write each format into `out`; {format: (path, notes on how it came out)}."""
+    """Write each format into `out`, .tflite files with `info` as metadata; {format: (path, notes)}."""
     artifacts: dict[str, tuple[Path, list[str]]] = {}
     converting = Step(progress, "Converting")
     converting.start(len(formats))
@@ -195,8 +198,8 @@ def _convert_all(classifier, formats: list[str], out: Path, size: int, calibrati
         else:
             wrapper = wrapper or fixed_shape_model(classifier, size)
             step = Step(progress, "Calibrating") if fmt.full_integer else None
-            data, notes = convert_tflite(wrapper, name, calibration, int8_io=int8_io, step=step)
-            write_tflite(path, data)
+            data, notes = convert_tflite(wrapper, name, calibration, step=step)
+            write_tflite(path, data, info)
             notes += quantization_notes(path, name)
         artifacts[name] = (path, notes)
         converting.advance()

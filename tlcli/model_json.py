@@ -1,11 +1,13 @@
 """model.json: what an app needs to feed the exported models and read their output without guessing.
 
 One file per export folder: input size, range, colour order and layout, the labels, and per
-exported file its tensor types, shapes and quantization (read back from the file itself).
+exported file its tensor types, shapes, ranges and quantization, whether it carries TFLite
+metadata, its size and SHA-256, all read back from the file itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -53,18 +55,42 @@ def write_model_json(out: Path, ref: ModelRef, config: dict, files: dict[str, Pa
 
 
 def _file_entry(name: str, path: Path, size: int) -> dict:
+    from tlcli.tflite_metadata import has_metadata
+
     fmt = FORMATS[name]
     entry = {"format": name, "description": fmt.description}
     if fmt.kind == "savedmodel":
         entry.update({"signature": "serving_default", "input": "image: float32 [batch, height, width, 3], any size",
-                      "output": "probabilities"})
-        return entry
-    interpreter = tflite_interpreter(path)
-    (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
-    for key, tensor in (("input", inp), ("output", outp)):
-        scale, zero_point = tensor["quantization"]
-        entry[f"{key}_dtype"] = np.dtype(tensor["dtype"]).name
-        entry[f"{key}_shape"] = [int(d) for d in tensor["shape"]]
-        if scale:
-            entry[f"{key}_quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+                      "input_range": [0.0, 255.0], "output": "probabilities", "output_range": [0.0, 1.0],
+                      "metadata": False})
+    else:
+        interpreter = tflite_interpreter(path, threads=1)
+        (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
+        # Ranges in the tensor's own values: pixels 0..255 in, probabilities 0..1 out.
+        for key, tensor, (low, high) in (("input", inp, (0.0, 255.0)), ("output", outp, (0.0, 1.0))):
+            scale, zero_point = tensor["quantization"]
+            dtype = np.dtype(tensor["dtype"])
+            entry[f"{key}_dtype"] = dtype.name
+            entry[f"{key}_shape"] = [int(d) for d in tensor["shape"]]
+            entry[f"{key}_range"] = [low, high]
+            if scale:
+                entry[f"{key}_quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+                info = np.iinfo(dtype)
+                entry[f"{key}_range"] = [int(np.clip(round(v / scale + zero_point), info.min, info.max))
+                                         for v in (low, high)]
+        entry["metadata"] = has_metadata(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    entry["size_bytes"] = sum(p.stat().st_size for p in files)
+    if path.is_dir():  # a SavedModel folder: one digest per file
+        entry["sha256"] = {p.relative_to(path).as_posix(): _sha256(p) for p in files}
+    else:
+        entry["sha256"] = _sha256(path)
     return entry
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

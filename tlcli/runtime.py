@@ -149,6 +149,9 @@ class TFLiteRunner(Runner):
             if signature[1] != signature[2]:
                 raise TlcliError(f"'{self.path}' takes {signature[1]}x{signature[2]} images; tlcli models are square.")
             self.image_size = int(signature[1])
+        elif not self.image_size:
+            raise TlcliError(f"'{self.path}' takes images of any size and no model.json beside it says which: "
+                             "put the export's model.json beside it.")
         self._batched = signature[0] == -1
         self._shape = None
 
@@ -219,7 +222,8 @@ def latency(runner: Runner, images: np.ndarray, samples: int = LATENCY_SAMPLES) 
 
 
 def tflite_interpreter(path, threads: int | None = None):
-    """An allocated interpreter for the `.tflite` file at `path`, on `threads` (default: every core).
+    """An allocated interpreter for the `.tflite` file at `path` (or .tflite bytes), on `threads`
+    (default: every core).
 
     Every `.tflite` in tlcli (predict, evaluate, export's checks and notes) is opened here. LiteRT
     is preferred: it is a dependency wherever it has wheels, and it never imports TensorFlow.
@@ -231,10 +235,12 @@ def tflite_interpreter(path, threads: int | None = None):
         # that it is deprecated in favour of LiteRT: tlcli uses it only where LiteRT is missing.
         with quiet_native_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            interpreter = interpreter_class(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+            source = {"model_content": bytes(path)} if isinstance(path, (bytes, bytearray)) else {"model_path": str(path)}
+            interpreter = interpreter_class(**source, num_threads=threads or os.cpu_count() or 1)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
-        raise TlcliError(f"cannot load '{path}' as a TFLite model: {first_line(error)}") from None
+        where = "the converted model" if isinstance(path, (bytes, bytearray)) else f"'{path}'"
+        raise TlcliError(f"cannot load {where} as a TFLite model: {first_line(error)}") from None
     return interpreter
 
 
