@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, FLOWERS, make_folder, requires_flowers
-from test_runtime import convert_tflite, export_savedmodel, make_export_folder
+from test_runtime import convert_tflite, export_savedmodel, lone_tflite, make_export_folder
 
 OUTPUTS = ("metrics.json", "predictions.csv", "confusion_matrix.png", "errors.png")
 
@@ -195,6 +195,19 @@ def test_tflite_and_savedmodel_evaluate_like_keras(cli, run, tmp_path):
         assert results[kind]["accuracy"] == results["keras"]["accuracy"]
         assert results[kind]["confusion_matrix"] == results["keras"]["confusion_matrix"]
         assert results[kind]["loss"] == pytest.approx(results["keras"]["loss"], abs=1e-4)
+
+
+def test_a_lone_tflite_evaluates_with_the_labels_of_its_metadata(cli, run, tmp_path):
+    data = make_folder(tmp_path / "data", per_class=3, seed=3)
+    lone = lone_tflite(run, tmp_path / "alone")
+    keras_result = cli(["evaluate", data, "--model", run, "--json", "--split", "all", "-o", tmp_path / "ev_keras"])
+    result = cli(["evaluate", data, "--model", lone, "--json", "--split", "all", "-o", tmp_path / "ev_lone"])
+    assert result.exit_code == 0, result.output
+    printed, expected = json.loads(result.stdout), json.loads(keras_result.stdout)
+    assert printed["kind"] == "tflite" and printed["n_images"] == 9
+    assert printed["accuracy"] == expected["accuracy"]
+    assert printed["confusion_matrix"] == expected["confusion_matrix"]
+    assert _metrics(tmp_path / "ev_lone")["per_class"].keys() == set(CLASSES)
 
 
 @requires_flowers

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES
-from test_runtime import classifier_of, convert_tflite, image_size_of, make_export_folder
+from test_runtime import classifier_of, convert_tflite, image_size_of, lone_tflite, make_export_folder
 
 ROW_KEYS = {"path", "label", "confidence", "top_k", "error"}
 
@@ -218,7 +218,23 @@ def test_labels_that_do_not_fit_the_model_are_exit_2(cli, tflite_model, images, 
     assert result.exit_code == 2 and "outputs 3 classes" in result.stderr
 
 
-def test_tflite_prediction_never_imports_tensorflow(tflite_model, image_folder, expected_label):
+@pytest.fixture(scope="module")
+def lone_model(trained_run, tmp_path_factory) -> Path:
+    """The run's .tflite with tlcli's metadata, alone in a fresh folder: no labels.txt, no model.json."""
+    return lone_tflite(trained_run, tmp_path_factory.mktemp("lone"))
+
+
+def test_a_lone_tflite_names_its_classes_from_its_metadata(cli, lone_model, images, expected_label):
+    assert [p.name for p in lone_model.parent.iterdir()] == ["model.tflite"]
+    result = cli(["predict", images / "striped", "--model", lone_model, "-f", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = _json(result)
+    assert len(rows) == 8 and [r["label"] for r in rows] == [expected_label(r["path"]) for r in rows]
+
+
+@pytest.mark.parametrize("model", ["export folder", "lone with metadata"])
+def test_tflite_prediction_never_imports_tensorflow(tflite_model, lone_model, image_folder, expected_label, model):
+    tflite_model = lone_model if model == "lone with metadata" else tflite_model
     script = textwrap.dedent("""
         import json, sys
         from tlcli.cli import app

@@ -55,3 +55,51 @@ def test_write_csv_survives_file_names_that_are_not_utf8(tmp_path):
     name = "caf\udce9.jpg"  # how Python hands over a Latin-1 byte in a file name
     write_csv(tmp_path / "s.csv", ["path"], [[name]])
     assert "caf\\udce9.jpg" in (tmp_path / "s.csv").read_text()  # escaped, not a crash
+
+
+# ---------------------------------------------------------------- a lone .tflite
+
+
+@pytest.fixture(scope="module")
+def small_tflite(tmp_path_factory):
+    """{"metadata": bytes, "plain": bytes}: an 8 px, 3-class .tflite with and without tlcli's metadata."""
+    import keras
+
+    from tlcli.convert import ModelInfo, convert_tflite, write_tflite
+
+    inputs = keras.Input((8, 8, 3), batch_size=1)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    folder = tmp_path_factory.mktemp("small")
+    data = convert_tflite(model, "float32")[0]
+    write_tflite(folder / "m.tflite", data, ModelInfo(("ant", "bee", "cow")))
+    return {"metadata": (folder / "m.tflite").read_bytes(), "plain": data}
+
+
+def test_a_lone_tflite_takes_its_labels_from_its_metadata(small_tflite, tmp_path):
+    lone = tmp_path / "deep" / "model.tflite"
+    lone.parent.mkdir()
+    lone.write_bytes(small_tflite["metadata"])
+    ref = resolve_model(lone)
+    # No size beside it: 0 tells the runner to read it from the model's input tensor.
+    assert (ref.kind, ref.labels, ref.image_size, ref.run_dir) == ("tflite", ["ant", "bee", "cow"], 0, None)
+    # A labels.txt beside it still comes first (it may rename the classes).
+    (lone.parent / "labels.txt").write_text("a\nb\nc\n")
+    assert resolve_model(lone).labels == ["a", "b", "c"]
+
+
+def test_a_lone_tflite_without_metadata_cannot_name_its_classes(small_tflite, tmp_path):
+    lone = tmp_path / "deep" / "model.tflite"
+    lone.parent.mkdir()
+    lone.write_bytes(small_tflite["plain"])
+    with pytest.raises(TlcliError, match="no labels.txt beside .* or in its TFLite metadata"):
+        resolve_model(lone)
+
+
+def test_a_tflite_with_labels_but_no_model_json_is_sized_by_its_runner(small_tflite, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.tflite").write_bytes(small_tflite["plain"])
+    (tmp_path / "m" / "labels.txt").write_text("a\nb\nc\n")
+    assert resolve_model(tmp_path / "m" / "model.tflite").image_size == 0
+    (tmp_path / "m" / "model.keras").write_bytes(b"")  # a Keras model still needs its size written down
+    with pytest.raises(TlcliError, match="input size"):
+        resolve_model(tmp_path / "m" / "model.keras")

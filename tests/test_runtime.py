@@ -39,6 +39,17 @@ def make_export_folder(run: Path, folder: Path, content: bytes, name: str = "mod
     return folder / name
 
 
+def lone_tflite(run: Path, folder: Path, name: str = "model.tflite") -> Path:
+    """The run's model as .tflite with tlcli's metadata, alone in `folder`: no labels.txt, no
+    model.json, no run above it."""
+    from tlcli.convert import ModelInfo, write_tflite
+
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = tuple((run / "labels.txt").read_text().split())
+    write_tflite(folder / name, convert_tflite(run), ModelInfo(labels, "tiny"))
+    return folder / name
+
+
 def inference_model(run: Path, batch_size: int | None = None):
     """The run's classifier pinned to inference mode, with a fixed-size input as `tlcli export` makes.
 
@@ -188,6 +199,32 @@ def test_images_of_another_size_than_a_fixed_tflite_takes_are_refused(trained_ru
     assert runner.image_size == size and runner.predict(np.zeros((2, size, size, 3), np.uint8)).shape == (2, 3)
     with pytest.raises(TlcliError, match=f"takes {size}x{size} images, not 40x48"):
         runner.predict(np.zeros((1, 48, 40, 3), np.uint8))
+
+
+def test_a_lone_tflite_runs_with_the_labels_and_size_of_its_metadata_and_tensor(trained_run, image_folder,
+                                                                                  tmp_path):
+    from tlcli.rundir import resolve_model
+    from tlcli.runtime import open_model
+
+    runner = open_model(resolve_model(lone_tflite(trained_run, tmp_path / "alone")))
+    assert runner.labels == list(CLASSES) and runner.image_size == image_size_of(trained_run)
+    images = _decoded(_paths(image_folder), image_size_of(trained_run))
+    np.testing.assert_allclose(_probs(runner.path, images), _probs(trained_run, images), atol=1e-4)
+
+
+def test_a_tflite_of_any_size_with_nothing_saying_which_is_a_one_line_error(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from tlcli.convert import write_tflite
+    from tlcli.runtime import open_model
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    write_tflite(tmp_path / "any.tflite", tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    with pytest.raises(TlcliError, match="any size and no model.json"):
+        open_model(ModelRef("tflite", tmp_path / "any.tflite", list(CLASSES), 0, None))
+    assert open_model(ModelRef("tflite", tmp_path / "any.tflite", list(CLASSES), 24, None)).image_size == 24
 
 
 def test_a_kind_with_no_runner_is_a_one_line_error(tmp_path):

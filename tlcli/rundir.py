@@ -137,13 +137,14 @@ class ModelRef:
     kind: str  # one of MODEL_KINDS
     path: Path
     labels: list[str]
-    image_size: int
+    image_size: int  # 0: not known beside the model (a lone .tflite): its runner reads it from the file
     run_dir: Path | None  # the run it belongs to, when known
 
 
 def resolve_model(model: str | os.PathLike | None, project: str | os.PathLike = "runs") -> ModelRef:
     """--model rules: a run folder, a .keras file, a SavedModel folder or a .tflite file;
-    None means the latest run. Labels and input size come from the files beside the model.
+    None means the latest run. Labels and input size come from the files beside the model; a
+    .tflite with none beside it names its classes from its own TFLite metadata.
     """
     path = latest_run(project) if model is None else Path(model)
     if not path.exists():
@@ -162,16 +163,31 @@ def resolve_model(model: str | os.PathLike | None, project: str | os.PathLike = 
 
 
 def _ref(kind: str, path: Path, folder: Path) -> ModelRef:
-    """Find labels.txt and the input size beside the model: in its folder, or the run above it."""
+    """Find labels.txt and the input size beside the model: in its folder, or the run above it.
+
+    A .tflite needs neither: its metadata can hold the labels, and its input tensor has the size.
+    """
     for candidate in (folder, folder.parent, folder.parent.parent):
         labels_file = candidate / "labels.txt"
         if labels_file.is_file():
             labels = [l for l in labels_file.read_text(encoding="utf-8").splitlines() if l.strip()]
-            return ModelRef(kind, path, labels, _image_size(candidate), _run_of(candidate))
+            size = _image_size(candidate, required=kind != "tflite")
+            return ModelRef(kind, path, labels, size, _run_of(candidate))
+    if kind == "tflite":
+        from tlcli.tflite_metadata import read_labels  # flatbuffers and zipfile only: no TensorFlow
+
+        try:
+            labels = read_labels(path)
+        except OSError as error:
+            raise TlcliError(f"cannot read '{path}': {error.strerror or error}.") from None
+        if labels:
+            return ModelRef(kind, path, labels, 0, None)
+        raise TlcliError(f"no labels.txt beside '{path}', in its run folder or in its TFLite metadata: "
+                         "cannot name the classes.")
     raise TlcliError(f"no labels.txt beside '{path}' or in its run folder: cannot name the classes.")
 
 
-def _image_size(folder: Path) -> int:
+def _image_size(folder: Path, required: bool = True) -> int:
     for name, key in (("model.json", "input_size"), ("config.json", "image_size")):
         file = folder / name
         if file.is_file():
@@ -183,6 +199,8 @@ def _image_size(folder: Path) -> int:
                 value = value[0]
             if value:
                 return int(value)
+    if not required:
+        return 0
     raise TlcliError(f"cannot tell the model's input size: no config.json or model.json in '{folder}'.")
 
 
