@@ -76,11 +76,15 @@ def test_onnx_gives_keras_probabilities_on_raw_pixels(trained_run, onnx_model, i
 
 @requires_onnx
 def test_a_lone_onnx_names_its_classes_and_size(trained_run, onnx_model, tmp_path):
-    from tlcli.onnx_format import OnnxRunner, convert_onnx, input_size, read_labels
+    from tlcli.onnx_format import OnnxRunner, convert_onnx, describe, read_labels
 
     runner = OnnxRunner(ModelRef("onnx", onnx_model, [], 0, None))
     assert (runner.labels, runner.image_size) == (labels_of(trained_run), size_of(trained_run))
-    assert (read_labels(onnx_model), input_size(onnx_model)) == (labels_of(trained_run), size_of(trained_run))
+    assert read_labels(onnx_model) == labels_of(trained_run)
+    size, classes = size_of(trained_run), len(labels_of(trained_run))
+    assert describe(onnx_model) == {"input_name": "image", "input_dtype": "float32", "input_shape": [-1, size, size, 3],
+                                    "output_name": "probabilities", "output_dtype": "float32",
+                                    "output_shape": [-1, classes], "metadata": True}
     # The file's input shape wins over a wrong size beside it; other sizes are refused in a line.
     assert OnnxRunner(ModelRef("onnx", onnx_model, labels_of(trained_run), 99, None)).image_size == size_of(trained_run)
     with pytest.raises(TlcliError, match=r"takes 32x32 images, not 40x40"):
@@ -90,7 +94,7 @@ def test_a_lone_onnx_names_its_classes_and_size(trained_run, onnx_model, tmp_pat
 
     bare = tmp_path / "bare.onnx"
     convert_onnx(load_classifier(trained_run / "model.keras"), bare, size_of(trained_run))
-    assert read_labels(bare) is None
+    assert read_labels(bare) is None and describe(bare)["metadata"] is False
     with pytest.raises(TlcliError, match="none in its metadata"):
         OnnxRunner(ModelRef("onnx", bare, [], 0, None))
     with pytest.raises(TlcliError, match="outputs 3 classes but its labels list 2"):

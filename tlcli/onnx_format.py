@@ -34,6 +34,7 @@ LABELS_KEY = "labels"  # metadata_props key holding the class names as a JSON li
 # onnxruntime reads opset 15 since 1.10.
 OPSET = 15
 MISSING_EXTRA = "pip install 'tlcli[onnx]'"
+_NUMPY_NAMES = {"float": "float32", "double": "float64"}  # onnxruntime's tensor type names that differ
 
 
 def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str] | None = None) -> None:
@@ -43,8 +44,7 @@ def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str
     Traced at a fixed size, tlcli's Resize layer is the identity and leaves no ops behind.
     `labels`, if given, are stored in the file's metadata.
     """
-    _import_extra("onnx", "ONNX export")  # asked by name: a tf2onnx imported earlier would not notice it gone
-    tf2onnx = _import_extra("tf2onnx", "ONNX export")
+    tf2onnx = require_converter()
     import tensorflow as tf
 
     spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT)
@@ -71,6 +71,12 @@ def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str
         proto.metadata_props.add(key=LABELS_KEY, value=json.dumps(list(labels), ensure_ascii=False))
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(proto.SerializeToString())
+
+
+def require_converter():
+    """tf2onnx, or the one-line error saying how to install it (export asks before slow work)."""
+    _import_extra("onnx", "ONNX export")  # asked by name: a tf2onnx imported earlier would not notice it gone
+    return _import_extra("tf2onnx", "ONNX export")
 
 
 def onnx_session(path: str | Path):
@@ -112,13 +118,17 @@ def read_labels(source) -> list[str] | None:
     return labels
 
 
-def input_size(source) -> int | None:
-    """The fixed square input size of a `.onnx` image classifier (path or session), or None if free."""
+def describe(source) -> dict:
+    """A `.onnx` file (path or session) as model.json lists files: its input's and output's name,
+    dtype and shape (-1 where free), and whether its metadata holds the labels."""
     session = source if hasattr(source, "get_inputs") else onnx_session(source)
-    shape = session.get_inputs()[0].shape
-    if len(shape) == 4 and isinstance(shape[1], int) and shape[1] == shape[2] and shape[1] > 0:
-        return shape[1]
-    return None
+    entry = {}
+    for key, value in (("input", session.get_inputs()[0]), ("output", session.get_outputs()[0])):
+        kind = value.type.removeprefix("tensor(").removesuffix(")")  # "tensor(float)": numpy's float32
+        entry.update({f"{key}_name": value.name, f"{key}_dtype": _NUMPY_NAMES.get(kind, kind),
+                      f"{key}_shape": [d if isinstance(d, int) else -1 for d in value.shape]})
+    entry["metadata"] = read_labels(session) is not None
+    return entry
 
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(double)": np.float64,
