@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_fs import copy_to_ram
 from tlcli.images import ImageError, load_image
 
 
@@ -44,3 +45,28 @@ def test_load_image_unreadable_raises_image_error(tmp_path, content):
     (tmp_path / "bad.jpg").write_bytes(content)
     with pytest.raises(ImageError):
         load_image(tmp_path / "bad.jpg", 16)
+
+
+def test_load_image_reads_a_url_as_it_reads_the_local_file(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 20, 3), np.uint8)).save(tmp_path / "ok.png")
+    png = (tmp_path / "ok.png").read_bytes()
+    for name, content in (("html.jpg", b"<html>not an image</html>"), ("cut.png", png[:60]), ("empty.jpg", b""),
+                          ("text.png", b"hello"), ("pdf.jpg", b"%PDF-1.4\n")):
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "folder.jpg" / "inside.png").write_bytes(png)
+    url = copy_to_ram(tmp_path)
+    assert (load_image(f"{url}/ok.png", 16) == load_image(tmp_path / "ok.png", 16)).all()
+    for name in ("html.jpg", "cut.png", "empty.jpg", "text.png", "pdf.jpg", "folder.jpg", "missing.jpg"):
+        with pytest.raises(ImageError) as local:
+            load_image(tmp_path / name, 16)
+        with pytest.raises(ImageError) as remote:
+            load_image(f"{url}/{name}", 16)
+        assert str(remote.value) == str(local.value), name
+
+
+def test_a_url_image_over_pillows_bomb_limit_is_read_again_from_the_start(tmp_path, monkeypatch):
+    Image.new("RGB", (300, 200), (9, 9, 9)).save(tmp_path / "big.png")
+    url = copy_to_ram(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert load_image(f"{url}/big.png", 16).max() == 9

@@ -4,13 +4,15 @@ Images are decoded with Pillow (every mode, EXIF orientation, formats TensorFlow
 reject) and resized exactly once; training, prediction and evaluation all go through
 `load_image`, so an image is prepared the same way everywhere. Unusable files raise
 `ImageError` with the reason shown to the user; format detection by magic bytes says what a
-misnamed file really is.
+misnamed file really is. A URL (`gs://…`, see `tlcli.fs`) is read whole through TensorFlow's
+file systems and decoded from memory, with the same checks and reasons as a local file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import threading
@@ -18,6 +20,8 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from tlcli import fs
 
 
 class ImageError(Exception):
@@ -102,15 +106,19 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
-    _check_file(path)
+    if fs.is_url(path):
+        source = _read_url(path)
+    else:
+        _check_file(path)
+        source = path
     opened: dict = {}
     try:
         with _quiet_pillow:
-            return _open_and_decode(path, size, opened)
+            return _open_and_decode(source, size, opened)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(_what_it_is(path)) from None
+        raise ImageError(_what_it_is(source)) from None
     except Image.DecompressionBombError:
         raise ImageError("image too large (decompression bomb guard)") from None
     except MemoryError:
@@ -120,20 +128,21 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     except PermissionError:
         raise ImageError("permission denied") from None
     except Exception as error:  # noqa: BLE001 - hostile bytes reach odd corners of the decoders
-        kind = opened.get("format") or _magic_name(path) or "image"
+        kind = opened.get("format") or _magic_name(source) or "image"
         text = _one_line(error)
         if isinstance(error, OSError) and ("truncated" in text or "broken data stream" in text):
             raise ImageError(f"truncated {kind} file") from None
         raise ImageError(f"unreadable {kind} file: {text}") from None
 
 
-def _open_and_decode(path, size: int, opened: dict) -> np.ndarray:
+def _open_and_decode(source, size: int, opened: dict) -> np.ndarray:
+    """Decode `source`, a path or the BytesIO of a URL's content."""
     from PIL import Image
 
     try:
-        image = Image.open(path)
-    except Image.DecompressionBombError:
-        with _pillow_limit_lifted(), Image.open(path) as image:
+        image = Image.open(source)
+    except Image.DecompressionBombError:  # Image.open reads a BytesIO from its start again
+        with _pillow_limit_lifted(), Image.open(source) as image:
             opened["format"] = image.format
             return _decode(image, size)
     with image:
@@ -159,6 +168,29 @@ def _check_file(path) -> None:
         raise ImageError("not a regular file (a pipe, socket or device)")
     if info.st_size == 0:
         raise ImageError("empty file (0 bytes)")
+
+
+def _read_url(url: str) -> io.BytesIO:
+    """A URL's content, or ImageError with the reason _check_file would give for a local file.
+
+    One request reads it; only a failed read asks more, to say why (a bucket has no pipes or links).
+    """
+    try:
+        try:
+            content = fs.read_bytes(url)
+        except OSError:
+            if fs.is_dir(url):
+                raise ImageError("is a folder") from None
+            raise
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as error:
+        raise ImageError(f"cannot read the file: {_one_line(error)}") from None
+    if not content:
+        raise ImageError("empty file (0 bytes)")
+    return io.BytesIO(content)
 
 
 def _decode(image, size: int) -> np.ndarray:
@@ -269,11 +301,18 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "G
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
 
 
-def _what_it_is(path) -> str:
-    """Why Pillow could not identify `path`: say what the file looks like instead."""
+def _head(source, n: int) -> bytes:
+    """The first `n` bytes of `source`, a path or a BytesIO."""
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:n]
+    with open(source, "rb") as f:
+        return f.read(n)
+
+
+def _what_it_is(source) -> str:
+    """Why Pillow could not identify `source` (a path or BytesIO): say what the file looks like instead."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
+        head = _head(source, 512)
     except OSError:
         return "not an image Pillow can read"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -285,7 +324,7 @@ def _what_it_is(path) -> str:
         return "not an image Pillow can read (a PDF document)"
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
         return "HEIC/HEIF image: not supported (convert it to JPEG or PNG)"
-    name = _magic_name(path, head)
+    name = _magic_name(source, head)
     if name:
         return f"corrupt {name} file: Pillow cannot read its header"
     if b"\x00" not in head and all(b >= 32 or b in b"\t\n\r\f" for b in head):
@@ -293,12 +332,11 @@ def _what_it_is(path) -> str:
     return "not an image Pillow can read (unknown format)"
 
 
-def _magic_name(path, head: bytes | None = None) -> str | None:
+def _magic_name(source, head: bytes | None = None) -> str | None:
     """The format a file's first bytes announce, if one of the common ones."""
     if head is None:
         try:
-            with open(path, "rb") as f:
-                head = f.read(16)
+            head = _head(source, 16)
         except OSError:
             return None
     if head.startswith(b"RIFF") and head[8:12] != b"WEBP":
