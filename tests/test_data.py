@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import make_folder
-from tlcli.data import class_weights, detect_layout, find_images, load_folder, stratified_split
+from test_fs import copy_to_ram
+from tlcli.data import (class_weights, detect_layout, expand_path, find_folder, find_images, load_folder,
+                        stratified_split)
 from tlcli.errors import TlcliError
 
 
@@ -82,3 +84,52 @@ def test_class_weights_balance_uneven_classes():
     weights = class_weights(np.array([0, 0, 0, 1]), 2)
     assert weights[0] == pytest.approx(4 / 6) and weights[1] == pytest.approx(2.0)
     assert 3 * weights[0] == pytest.approx(1 * weights[1])
+
+
+def test_find_folder_and_load_folder_on_a_url_match_the_local_copy(tmp_path):
+    make_folder(tmp_path / "d" / "train", per_class=4, size=16)
+    make_folder(tmp_path / "d" / "validation", per_class=2, size=16, seed=1)
+    (tmp_path / "d" / "stray.jpg").write_bytes(b"x")
+    (tmp_path / "d" / "train" / "dark" / "broken.png").write_bytes(b"nope")
+    url = copy_to_ram(tmp_path / "d")
+    local, remote = find_folder(tmp_path / "d"), find_folder(url)
+    assert remote.train.paths[0].startswith(f"{url}/train/")  # not mangled into ram:/…
+    for split in ("train", "val"):
+        assert [p[len(url):] for p in getattr(remote, split).paths] == \
+               [p[len(str(tmp_path / "d")):] for p in getattr(local, split).paths]
+        assert getattr(remote, split).labels.tolist() == getattr(local, split).labels.tolist()
+    assert remote.class_names == local.class_names and remote.warnings == [w.replace(str(tmp_path / "d"), url)
+                                                                         for w in local.warnings]
+    loaded_local, loaded_remote = load_folder(tmp_path / "d", 16), load_folder(url, 16)
+    assert (loaded_remote.train.images == loaded_local.train.images).all()
+    assert (loaded_remote.val.images == loaded_local.val.images).all()
+    assert loaded_remote.skipped == [(f"{url}/train/dark/broken.png", "not an image Pillow can read (a text file)")]
+    assert detect_layout(url) == {"train": f"{url}/train", "val": f"{url}/validation"}
+
+
+def test_expand_path_names_the_same_images_locally_and_on_a_url(tmp_path):
+    local = make_folder(tmp_path / "d", per_class=3, size=8)
+    (local / "bright" / "notes.txt").write_text("hi")
+    (local / "empty").mkdir()
+    url = copy_to_ram(local)
+    for arg, n, problem in (("", 9, None), ("/dark", 3, None), ("/*/*_1.png", 3, None), ("/*", 9, None),
+                            ("/dark/dark_0.jpg", 1, None), ("/bright/notes.txt", 1, None),
+                            ("/empty", 0, "folder has no image files"), ("/nothing.jpg", 0, "file not found"),
+                            ("/*/*.gif", 0, "no image file matches this pattern")):
+        local_paths, local_problem = expand_path(f"{local}{arg}")
+        url_paths, url_problem = expand_path(f"{url}{arg}")
+        assert (len(url_paths), url_problem) == (len(local_paths), local_problem) == (n, problem), arg
+        assert [p[len(url):] for p in url_paths] == [p[len(str(local)):] for p in local_paths], arg
+
+
+def test_a_data_dir_out_of_reach_is_a_one_line_error(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    url = copy_to_ram(make_folder(tmp_path / "d", per_class=2, size=8))
+
+    def unavailable(path):
+        raise tf.errors.UnavailableError(None, None, "Could not resolve host")
+
+    monkeypatch.setattr(tf.io.gfile, "listdir", unavailable)
+    with pytest.raises(TlcliError, match=f"^cannot read {url}: Could not resolve host$"):
+        find_folder(url)

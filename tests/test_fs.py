@@ -1,11 +1,19 @@
-"""Local paths and URLs of TensorFlow's file systems, tested on its in-memory `ram://` one."""
+"""Local paths and URLs of TensorFlow's file systems, tested on its in-memory `ram://` one.
 
+ram:// lives in this process's memory, so everything here runs in-process (the `cli` fixture)."""
+
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from conftest import make_folder
 from tlcli import fs
 
 
@@ -68,3 +76,56 @@ def test_a_store_out_of_reach_is_an_os_error_with_its_message(monkeypatch):
     with pytest.raises(OSError, match="^Could not resolve host: storage.googleapis.com$") as error:
         fs.is_dir("gs://bucket/flowers")
     assert not isinstance(error.value, FileNotFoundError)
+
+
+def test_local_paths_never_import_tensorflow(image_folder):
+    script = textwrap.dedent("""
+        import json, sys
+        from tlcli.data import expand_path, find_folder, load_folder
+        from tlcli.images import load_image
+        folder = find_folder(sys.argv[1])
+        load_folder(sys.argv[1], 16)
+        load_image(folder.train.paths[0], 16)
+        expand_path(sys.argv[1] + "/*/*.png")
+        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(image_folder)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+@pytest.mark.slow
+def test_train_on_a_url_and_predict_its_images(cli, tmp_path):
+    from tlcli.images import load_image
+    from tlcli.predict import classify
+    from tlcli.rundir import resolve_model
+    from tlcli.runtime import open_model
+
+    local = make_folder(tmp_path / "local", per_class=6, size=32)
+    url = copy_to_ram(local)
+    result = cli(["train", url, "--backbone", "tiny", "--weights", "none", "--image-size", 32, "--epochs", 1,
+                  "--fine-tune-epochs", 1, "--batch-size", 8, "--project", tmp_path / "runs", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    run = Path(json.loads(result.stdout)["run_dir"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["data_dir"] == url
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_val"] == 18, metrics
+
+    runner = open_model(resolve_model(str(run)))
+    names = [f"{c}/{c}_{i}.{'png' if i % 2 else 'jpg'}" for c in ("bright", "dark", "striped") for i in range(6)]
+    from_url, errors = classify(runner, [f"{url}/{n}" for n in names], batch_size=8)
+    from_disk, _ = classify(runner, [str(local / n) for n in names], batch_size=8)
+    assert errors == {}
+    np.testing.assert_allclose(from_url, from_disk, atol=1e-6)
+    assert (load_image(f"{url}/{names[0]}", 32) == load_image(local / names[0], 32)).all()
+
+    result = cli(["predict", f"{url}/dark", f"{url}/*/*_1.png", "--model", run, "-f", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = {r["path"]: r for r in json.loads(result.stdout)}
+    expected = [f"{url}/dark/dark_{i}.{'png' if i % 2 else 'jpg'}" for i in range(6)]
+    expected += [f"{url}/{c}/{c}_1.png" for c in ("bright", "striped")]  # dark_1.png is listed once
+    assert sorted(rows) == sorted(expected) and not any(r["error"] for r in rows.values())
+    for path, row in rows.items():
+        assert row["confidence"] == pytest.approx(float(from_url[names.index(path[len(url) + 1:])].max()), abs=1e-5)

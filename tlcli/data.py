@@ -1,10 +1,13 @@
 """From a folder of images to labelled, split arrays and tf.data pipelines.
 
 Finding the files and splitting them live here; decoding one file lives in `tlcli.images`.
+DATA_DIR may be a local folder or a URL TensorFlow's file systems read (`gs://…`); local paths
+are Paths, URLs stay strings (see `tlcli.fs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass, field
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlcli import fs
 from tlcli.errors import TlcliError
 from tlcli.images import load_images
 # Until every caller imports them from tlcli.images:
@@ -19,6 +23,7 @@ from tlcli.images import ImageError, load_image, printable_path  # noqa: F401
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "val", "test")
+_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass
@@ -49,17 +54,25 @@ class ImageFolder:
 # ---------------------------------------------------------------- discovery (no decoding)
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def is_image_file(path: Path | str) -> bool:
+    """Whether `path` (a Path, a file name or a URL) is named as an image file, and not hidden."""
+    name = path.name if isinstance(path, Path) else fs.name(path)
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
-def find_images(folder: Path) -> list[Path]:
+def find_images(folder: Path | str) -> list[Path] | list[str]:
     """Image files under `folder`, recursively, in a stable order; hidden entries are ignored.
 
     Symlinked folders are followed once: a folder already visited (by its real path) is not
     entered again, nor is a link up to a folder that contains `folder` (it would bring in the
-    other classes' images under this one), so link loops end.
+    other classes' images under this one), so link loops end. A URL's files come as URLs.
     """
+    if fs.is_url(folder):
+        urls = []
+        for root, dirs, files in fs.walk(folder, IMAGE_EXTENSIONS):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            urls += [fs.join(root, f) for f in files if is_image_file(f)]
+        return urls
     found, seen = [], set()
     start = os.path.realpath(folder)
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -73,36 +86,74 @@ def find_images(folder: Path) -> list[Path]:
     return found
 
 
-def class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def class_folders(folder: Path | str) -> list[Path] | list[str]:
+    """The folders directly in `folder`, sorted, hidden ones left out."""
+    if fs.is_url(folder):
+        return [fs.join(folder, d) for d in fs.listdir(folder, IMAGE_EXTENSIONS)[0] if not d.startswith(".")]
+    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def detect_layout(data_dir: Path) -> dict[str, Path]:
+def detect_layout(data_dir: Path | str) -> dict[str, Path] | dict[str, str]:
     """{"all": DATA_DIR} for class folders, or {"train": …, "val": …, "test": …} for splits."""
-    if not data_dir.is_dir():
-        raise TlcliError(f"'{data_dir}' is not a folder of images.")
-    subdirs = {p.name.lower(): p for p in class_folders(data_dir)}
-    if "train" in subdirs and class_folders(subdirs["train"]):
-        layout = {"train": subdirs["train"]}
-        for name, aliases in (("val", ("val", "valid", "validation")), ("test", ("test",))):
-            for alias in aliases:
-                if alias in subdirs:
-                    layout[name] = subdirs[alias]
-                    break
-        return layout
+    data_dir = fs.as_path(data_dir)
+    with _reading(data_dir):
+        if not fs.is_dir(data_dir):
+            raise TlcliError(f"'{data_dir}' is not a folder of images.")
+        subdirs = {fs.name(p).lower(): p for p in class_folders(data_dir)}
+        if "train" in subdirs and class_folders(subdirs["train"]):
+            layout = {"train": subdirs["train"]}
+            for name, aliases in (("val", ("val", "valid", "validation")), ("test", ("test",))):
+                for alias in aliases:
+                    if alias in subdirs:
+                        layout[name] = subdirs[alias]
+                        break
+            return layout
     return {"all": data_dir}
 
 
-def discover(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
+@contextlib.contextmanager
+def _reading(where):
+    """An OSError while listing `where` (a bucket out of reach, a folder without permission) as
+    a one-line TlcliError."""
+    try:
+        yield
+    except OSError as error:
+        raise TlcliError(f"cannot read {error.filename or where}: {error.strerror or error}") from None
+
+
+def discover(folder: Path | str) -> tuple[dict[str, list], list[str]]:
     """{class name: image files} of the class folders in `folder`, and warnings for empty ones."""
     classes, notes = {}, []
     for sub in class_folders(folder):
         files = find_images(sub)
         if files:
-            classes[sub.name] = files
+            classes[fs.name(sub)] = files
         else:
-            notes.append(f"class folder '{sub.name}' has no images; left out.")
+            notes.append(f"class folder '{fs.name(sub)}' has no images; left out.")
     return classes, notes
+
+
+def expand_path(arg: str) -> tuple[list[str], str | None]:
+    """The image files one PATH argument names, local or a URL, and the problem when it names none.
+
+    A named file is always taken, whatever its extension; a folder gives its image files
+    (recursively); a glob gives the image files it matches, and those of folders it matches.
+    """
+    arg = str(arg)
+    if fs.is_dir(arg):
+        images = [str(p) for p in find_images(arg)]
+        return images, None if images else "folder has no image files"
+    if fs.exists(arg):
+        return [arg], None
+    if not _GLOB_CHARS & set(arg):
+        return [], "file not found"
+    images = []
+    for match in fs.glob(arg):
+        if fs.is_dir(match):
+            images += [str(p) for p in find_images(match)]
+        elif is_image_file(match):
+            images.append(match)
+    return images, None if images else "no image file matches this pattern"
 
 
 # ---------------------------------------------------------------- splitting
@@ -129,14 +180,15 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
     through the decoder, so memory does not grow with the dataset. `classes` restricts the
     classes to those (a resumed run's); any of them missing is an error.
     """
-    data_dir = Path(data_dir)
+    data_dir = fs.as_path(data_dir)
     layout = detect_layout(data_dir)
     notes: list[str] = []
-    found: dict[str, dict[str, list[Path]]] = {}
-    for split, folder in layout.items():
-        found[split], split_notes = discover(folder)
-        notes += [f"{split}/: {n}" if split != "all" else n for n in split_notes]
-    stray = [p.name for p in data_dir.iterdir() if p.is_file() and is_image_file(p)]
+    found: dict[str, dict[str, list]] = {}
+    with _reading(data_dir):
+        for split, folder in layout.items():
+            found[split], split_notes = discover(folder)
+            notes += [f"{split}/: {n}" if split != "all" else n for n in split_notes]
+        stray = [f for f in fs.listdir(data_dir, IMAGE_EXTENSIONS)[1] if is_image_file(f)]
     if stray:
         notes.append(f"{len(stray)} image(s) at the top of {data_dir} are not in a class folder; ignored.")
     main = "all" if "all" in found else "train"
