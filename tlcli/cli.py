@@ -130,7 +130,8 @@ BatchSize = Annotated[int, typer.Option(help="Images per inference batch.")]
 
 @command()
 def train(
-    data_dir: Annotated[Optional[Path], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders. With --resume: where the run's images are now, if they moved.", show_default=False)] = None,
+    # A string, not a Path: Path would turn gs://bucket/flowers into gs:/bucket/flowers.
+    data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...). With --resume: where the run's images are now, if they moved.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
     weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
