@@ -1,9 +1,11 @@
 """Classify images with MediaPipe Tasks' ImageClassifier, the client phone apps use, and print JSON.
 
     python tests/mediapipe_client.py IMAGES.npy MODEL.tflite [MODEL.tflite ...]
+    python tests/mediapipe_client.py IMAGES.txt MODEL.tflite [MODEL.tflite ...]
 
-IMAGES.npy holds uint8 RGB images (n, h, w, 3). Prints one JSON list, one entry per model:
-{"scores": [[per class, in the model's output order] per image], "names": [category name per
+IMAGES.npy holds uint8 RGB images (n, h, w, 3); IMAGES.txt lists image files, one a line, that
+MediaPipe decodes and resizes itself, as an app hands it a photo. Prints one JSON list, one entry
+per model: {"scores": [[per class, in the model's output order] per image], "names": [category name per
 class]} or {"error": "why MediaPipe refused the model"}, and "metadata": the model's metadata as
 MediaPipe's own generated schema code reads it (enums by name), or null. Run in its own process:
 MediaPipe brings its own TFLite runtime, which is best kept away from TensorFlow's.
@@ -27,7 +29,7 @@ ENUMS = {"contentPropertiesType": meta_fb.ContentProperties, "colorSpace": meta_
          "optionsType": meta_fb.ProcessUnitOptions, "type": meta_fb.AssociatedFileType}
 
 
-def classify(model: str, images: np.ndarray) -> dict:
+def classify(model: str, images) -> dict:
     options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=model), max_results=-1)
     try:
         classifier = vision.ImageClassifier.create_from_options(options)
@@ -36,7 +38,11 @@ def classify(model: str, images: np.ndarray) -> dict:
     scores, names = [], {}
     with classifier:
         for image in images:
-            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+            if isinstance(image, str):
+                image = mp.Image.create_from_file(image)
+            else:
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+            result = classifier.classify(image)
             categories = result.classifications[0].categories
             row = [0.0] * len(categories)
             for category in categories:
@@ -74,5 +80,8 @@ def plain(value, field=None):
 
 
 if __name__ == "__main__":
-    pixels = np.load(sys.argv[1])
+    if sys.argv[1].endswith(".txt"):
+        pixels = [line for line in open(sys.argv[1], encoding="utf-8").read().splitlines() if line]
+    else:
+        pixels = np.load(sys.argv[1])
     print(json.dumps([{**classify(path, pixels), "metadata": metadata(path)} for path in sys.argv[2:]]))
