@@ -99,7 +99,8 @@ def test_flowers_mobilenet_v2_defaults_reach_080(cli, tmp_path, monkeypatch):
     assert metrics["val_accuracy"] >= 0.80
 
 
-def test_cached_fine_tuning_reports_what_model_keras_computes(tmp_path, image_folder):
+@pytest.mark.parametrize("cache_ram_gb", [1.0, 0.0])  # in memory, and spilled to a file
+def test_cached_fine_tuning_reports_what_model_keras_computes(tmp_path, image_folder, cache_ram_gb):
     """With pretrained weights (here a saved random-init weights file, so no download) phase 2
     trains on cached activations; the figures reported for the best epoch must be those of
     model.keras run on the validation images themselves."""
@@ -111,7 +112,7 @@ def test_cached_fine_tuning_reports_what_model_keras_computes(tmp_path, image_fo
     build_backbone("tiny", "none", 32).save_weights(weights)
     config = TrainConfig(str(image_folder), backbone="tiny", weights=str(weights), image_size=32, epochs=1,
                          cache_views=2, fine_tune_epochs=3, fine_tune_lr=1e-2, batch_size=8, label_smoothing=0.0,
-                         project=str(tmp_path / "r"))
+                         cache_ram_gb=cache_ram_gb, project=str(tmp_path / "r"))
     result = train(config, quiet=True)
     assert [row["phase"] for row in result.history] == [1, 2, 2, 2]
     assert result.metrics["best_epoch"] > 1, "the check needs a best epoch from the cached phase 2"

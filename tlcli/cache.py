@@ -26,6 +26,7 @@ from tlcli.model import build_classifier, feature_model, freeze_backbone, pretra
 from tlcli.progress import Step, make_progress
 from tlcli.rundir import write_csv, write_json, write_text
 from tlcli.shard import shard_of
+from tlcli.spill import DiskArray
 
 CACHE_DIR = ".cache"  # inside the run folder; removed when training ends
 
@@ -46,13 +47,16 @@ class ActivationCache:
         return self.train.shape[0]
 
 
-def allocate(shape: tuple, dtype, budget_bytes: float, spill_dir: Path, name: str) -> tuple[np.ndarray, bool]:
-    """An array in memory, or a file-backed one in `spill_dir` when larger than the budget."""
+def allocate(shape: tuple, dtype, budget_bytes: float, spill_dir: Path, name: str, stacked: bool = False):
+    """(array, spilled): in memory, or a `spill.DiskArray` in `spill_dir` when larger than the budget.
+    `stacked`: the shape is (views, n, ...) and `array[v]` is one view."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if nbytes <= budget_bytes:
         return np.empty(shape, dtype), False
     spill_dir.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(spill_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape), True
+    if stacked:
+        return DiskArray.stacked(spill_dir / f"{name}.bin", shape[0], shape[1], shape[2:], dtype), True
+    return DiskArray(spill_dir / f"{name}.bin", shape, dtype), True
 
 
 def compute(stem: keras.Model, augmenter: keras.Model, train_paths: list[str], val_paths: list[str], size: int,
@@ -82,7 +86,7 @@ def compute(stem: keras.Model, augmenter: keras.Model, train_paths: list[str], v
     dtype = stem.output.dtype if isinstance(stem.output.dtype, str) else stem.output.dtype.name
     n_train, n_val = len(train_paths), len(val_paths)
     budget_train = budget_bytes * n_train * views / max(1, n_train * views + n_val)
-    train, spilled = allocate((views, n_train, *out_shape), dtype, budget_train, spill_dir, "train")
+    train, spilled = allocate((views, n_train, *out_shape), dtype, budget_train, spill_dir, "train", stacked=True)
     val, spilled_val = allocate((n_val, *out_shape), dtype, budget_bytes - budget_train, spill_dir, "val")
     failed: dict[str, str] = {}
     start = time.perf_counter()
@@ -108,6 +112,8 @@ def keep(cache: ActivationCache, train_rows: list[int], train_labels: np.ndarray
     """The cache with only `train_rows` and `val_rows` (in that order), moved up in place so a
     file-backed cache is never copied into memory; labels are those of the kept rows."""
     def compact(array, rows, axis):
+        if isinstance(array, DiskArray):
+            return array.compact(rows)
         for new, old in enumerate(rows):
             if new != old:
                 if axis:
@@ -123,8 +129,8 @@ def keep(cache: ActivationCache, train_rows: list[int], train_labels: np.ndarray
 
 def pooled_features(top: keras.Model | None, cache: ActivationCache, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(train features of every view stacked, val features): the head's inputs in phase 1."""
-    if top is None:  # the stem already ends in pooled features
-        return cache.train.reshape(-1, cache.train.shape[-1]), np.asarray(cache.val)
+    if top is None:  # the stem already ends in pooled features (small: one vector an image)
+        return np.concatenate([np.asarray(cache.train[v]) for v in range(cache.views)]), np.asarray(cache.val)
 
     # A compiled function: calling the model eagerly batch by batch costs more than the maths.
     forward = tf.function(lambda x: top(x, training=False),
@@ -220,6 +226,30 @@ def _report_skipped(s, found) -> None:
         saved = json.loads((s.run / "config.json").read_text(encoding="utf-8"))
         write_json(s.run / "config.json", {**saved, "class_names": data.class_names})
         write_text(s.run / "labels.txt", "\n".join(data.class_names) + "\n")
+
+
+def validation_data(cache: ActivationCache, n_classes: int, batch_size: int):
+    """Phase 2's validation set: the cached val activations as arrays, or, once they spilled to a
+    file, as batches read from it (a whole spilled set would not fit the budget)."""
+    onehot = np.eye(n_classes, dtype=np.float32)
+    if not isinstance(cache.val, DiskArray):
+        return (cache.val, onehot[cache.val_labels])
+    return CachedRows(cache.val, onehot[cache.val_labels], batch_size)
+
+
+class CachedRows(keras.utils.PyDataset):
+    """(rows, labels) batches of a spilled array, in order."""
+
+    def __init__(self, rows: DiskArray, labels: np.ndarray, batch_size: int):
+        super().__init__()
+        self.rows, self.labels, self.batch_size = rows, labels, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.rows[part], self.labels[part]
 
 
 class RandomViews(keras.utils.PyDataset):

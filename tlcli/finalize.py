@@ -67,9 +67,12 @@ def complete(result: TrainResult, data, config, say) -> None:
     metrics.json, rather than hidden.
     """
     model = load_classifier(result.run_dir / "model.keras")
-    batches = list(decode_batches(data.val.paths, config.image_size, config.batch_size))
-    probabilities = np.concatenate([model.predict_on_batch(images.astype(np.float32)) for _, images, _ in batches])
-    labels = data.val.labels[np.concatenate([rows for rows, _, _ in batches]).astype(np.int64)]
+    outputs, rows = [], []  # batch by batch: only the probabilities are kept
+    for decoded, images, _ in decode_batches(data.val.paths, config.image_size, config.batch_size):
+        outputs.append(np.asarray(model.predict_on_batch(images.astype(np.float32))))
+        rows += decoded
+    probabilities = np.concatenate(outputs)
+    labels = data.val.labels[np.asarray(rows, np.int64)]
     onehot = np.eye(len(data.class_names), dtype=np.float32)[labels]
     accuracy = float((probabilities.argmax(1) == labels).mean())
     loss = float(keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)(onehot, probabilities))

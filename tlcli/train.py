@@ -286,7 +286,7 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
         steps_per_epoch(s.n_train_total, workers, batch)
     if cached:
         train_data = cache.RandomViews(activations, s.n_classes, batch, config.seed, weights)
-        val_data = (activations.val, s.onehot(data.val.labels))
+        val_data = cache.validation_data(activations, s.n_classes, config.batch_size)
         weights = None  # RandomViews yields the class weights as sample weights
         if workers > 1:
             train_data = views_dataset(train_data, s.n_classes)
@@ -300,7 +300,8 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
     start = time.perf_counter()
     with make_progress(s.console, s.quiet) as progress:
         trainer.fit(
-            train_data, validation_data=val_data, validation_batch_size=config.batch_size if cached else None,
+            train_data, validation_data=val_data,
+            validation_batch_size=config.batch_size if isinstance(val_data, tuple) else None,
             epochs=config.fine_tune_epochs, initial_epoch=s.state["epoch"] if resuming else 0,
             class_weight=weights, verbose=0, shuffle=False, steps_per_epoch=steps if workers > 1 else None,
             callbacks=_callbacks(s, keeper, progress, 2, "Tune", config.fine_tune_epochs, steps,
