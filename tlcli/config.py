@@ -182,6 +182,9 @@ class TrainConfig:
     dropout: float = 0.2
     label_smoothing: float = 0.1
     class_weights: str = "auto"  # "auto" balances uneven classes; "none"
+    # Fit one temperature on the validation images at the end and fold it into the saved model,
+    # so its probabilities mean what they say (tlcli.calibration).
+    calibrate: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mixed_precision: str = "auto"  # "auto": on when a GPU is present; "on"; "off"
     xla: str = "auto"  # XLA-compiled training steps; "auto": on when a GPU is present

@@ -21,7 +21,10 @@ from tlcli import checkpoint
 from tlcli.callbacks import write_history
 from tlcli.images import decode_batches
 from tlcli.model import load_classifier
-from tlcli.rundir import mark_complete, write_json
+from tlcli.calibration import calibration_report, fit_temperature, fold_temperature, with_temperature
+from tlcli.rundir import mark_complete, save_model, write_json
+
+MIN_CALIBRATION_IMAGES = 20  # one temperature from fewer validation images fits their noise
 
 
 @dataclass
@@ -82,9 +85,26 @@ def complete(result: TrainResult, data, config, say) -> None:
     if not agrees:
         say(f"[yellow]warning:[/] model.keras scores {accuracy:.4f} accuracy / {loss:.4f} loss on the validation "
             f"images, but training recorded {metrics['val_accuracy']:.4f} / {metrics['val_loss']:.4f} for its epoch.")
+    if config.calibrate:
+        metrics["calibration"] = _calibrate(model, result.run_dir / "model.keras", probabilities, labels)
+        if "temperature" in metrics["calibration"]:
+            say(f"Calibrated: temperature {metrics['calibration']['temperature']:.2f}, validation ECE "
+                f"{metrics['calibration']['before']['ece']:.3f} -> {metrics['calibration']['after']['ece']:.3f}")
     write_json(result.run_dir / "metrics.json", metrics)
     checkpoint.remove_last(result.run_dir)
     mark_complete(result.run_dir)
+
+
+def _calibrate(model, path: Path, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Fit a temperature on the validation probabilities, fold it into the saved model, and say
+    what it changed. Too few images would fit noise: below MIN_CALIBRATION_IMAGES it is skipped."""
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return {"skipped": f"fewer than {MIN_CALIBRATION_IMAGES} validation images"}
+    temperature = fit_temperature(probabilities, labels)
+    fold_temperature(model, temperature)
+    save_model(model, path)
+    return {"temperature": round(temperature, 4), "before": calibration_report(probabilities, labels),
+            "after": calibration_report(with_temperature(probabilities, temperature), labels)}
 
 
 def peak_memory_mb() -> float:
