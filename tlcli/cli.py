@@ -146,6 +146,7 @@ def train(
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier layer.", rich_help_panel="Head")] = _default(TrainConfig, "dropout"),
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.", rich_help_panel="Head")] = _default(TrainConfig, "label_smoothing"),
     class_weights: Annotated[str, typer.Option(help="auto (balance uneven classes) or none.", rich_help_panel="Head")] = _default(TrainConfig, "class_weights"),
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit one temperature on the validation images and fold it into the saved model, so its probabilities mean what they say.", rich_help_panel="Head")] = _default(TrainConfig, "calibrate"),
     val_split: Annotated[float, typer.Option(help="Validation fraction when DATA_DIR has no val/ folder.", rich_help_panel="Data")] = _default(TrainConfig, "val_split"),
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.", rich_help_panel="Data")] = _default(TrainConfig, "seed"),
     cache_ram_gb: Annotated[Optional[float], typer.Option(help="Memory (GB) for cached activations; beyond it they spill to disk. Default: half the available memory.", rich_help_panel="Speed", show_default=False)] = None,
@@ -187,7 +188,7 @@ def train(
         image_size="auto" if image_size is None else image_size,
         epochs=epochs, cache_views=cache_views, fine_tune_epochs=fine_tune_epochs, lr=lr,
         fine_tune_lr=fine_tune_lr, unfreeze=unfreeze, batch_size=batch_size, val_split=val_split, seed=seed,
-        dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights,
+        dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights, calibrate=calibrate,
         augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), cache_ram_gb="auto" if cache_ram_gb is None else cache_ram_gb,
         mixed_precision=mixed_precision, xla=xla, strategy=strategy, project=project, name=name,
     ).resolve()  # bad flags fail here, before TensorFlow is even imported
