@@ -210,6 +210,25 @@ def test_a_lone_tflite_evaluates_with_the_labels_of_its_metadata(cli, run, tmp_p
     assert _metrics(tmp_path / "ev_lone")["per_class"].keys() == set(CLASSES)
 
 
+def test_a_data_dir_in_a_bucket_evaluates_like_its_local_copy(cli, run, image_folder, tmp_path):
+    """On TensorFlow's in-memory ram:// file system, as on gs://: whole, and with the run's own
+    validation split re-made there."""
+    from test_fs import copy_to_ram
+
+    url = copy_to_ram(image_folder)
+    for split in ("all", "val"):
+        local = cli(["evaluate", image_folder, "--model", run, "--split", split, "--json", "-o", tmp_path / "l"])
+        remote = cli(["evaluate", url, "--model", run, "--split", split, "--json", "-o", tmp_path / "r"])
+        assert remote.exit_code == 0, remote.output
+        got, expected = json.loads(remote.stdout), json.loads(local.stdout)
+        assert got["data_dir"] == url and got["n_images"] == expected["n_images"] == (24 if split == "all" else 6)
+        for key in ("accuracy", "confusion_matrix", "n_skipped"):
+            assert got[key] == expected[key], (split, key)
+        assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+        paths = [row.split(",")[0] for row in (tmp_path / "r" / "predictions.csv").read_text().splitlines()[1:]]
+        assert paths and all(p.startswith(url + "/") for p in paths), split
+
+
 @requires_flowers
 @pytest.mark.slow
 def test_flowers_val_accuracy_matches_the_run(cli, tmp_path):

@@ -116,7 +116,8 @@ Shear = Annotated[float, typer.Option(help="Random shear, degrees either way.", 
 Zoom = Annotated[float, typer.Option(help="Random zoom in or out, fraction.", rich_help_panel="Augmentation")]
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip.", rich_help_panel="Augmentation")]
 Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Turn the whole augmentation stage on or off.", rich_help_panel="Augmentation")]
-DataDir = Annotated[Path, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)]
+# A string, not a Path: Path would turn gs://bucket/flowers (or ram://x) into gs:/bucket/flowers.
+DataDir = Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)]
 
 # Options several commands share, each defined once.
 ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder, .keras file, SavedModel folder or .tflite file (default: the newest run in --project).", show_default=False)]
@@ -318,7 +319,7 @@ def predict(
 
 @command()
 def evaluate(
-    data_dir: DataDir,
+    data_dir: Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...).", show_default=False)],
     model: ModelOption = None,
     project: ProjectOption = _default(TrainConfig, "project"),
     split: Annotated[Optional[str], typer.Option(help="train, val, test or all (default: test/ if present, else val/; all for a folder of classes).", show_default=False)] = None,

@@ -3,7 +3,8 @@
 Any model kind runs on the same `tlcli.runtime` Runner as in `tlcli predict` (so a .keras model
 and its .tflite exports can be compared on equal terms), and the metrics are plain numpy. The
 images of DATA_DIR are matched to the model by class *name*, never by folder order, and any
-disagreement between the two is an error rather than a silent shift of indices.
+disagreement between the two is an error rather than a silent shift of indices. DATA_DIR may be
+a URL TensorFlow reads (gs://…): it stays a string throughout (`tlcli.fs`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from tlcli import fs
 from tlcli.data import SPLIT_NAMES, detect_layout, discover, load_folder
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
@@ -109,7 +111,7 @@ def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: 
     (split "all"); `--split val` or `train` there (or `val` when there is no val/ folder) re-makes
     the run's own split from its config.json (same val_split and seed as training).
     """
-    data_dir = Path(data_dir)
+    data_dir = fs.as_path(data_dir)
     if split is not None and split not in SPLITS:
         raise TlcliError(f"--split must be one of {', '.join(SPLITS)}; not '{split}'.")
     layout = detect_layout(data_dir)
@@ -126,7 +128,7 @@ def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: 
 
     classes, notes = discover(folder)
     skipped, left_out = _drop_unusable_classes(classes, labels, size)
-    where = data_dir.name if split == "all" else f"{data_dir.name}/{folder.name}"
+    where = fs.name(data_dir) if split == "all" else f"{fs.name(data_dir)}/{fs.name(folder)}"
     index = _match_labels(list(classes), labels, where)
     paths = [str(p) for name in sorted(classes) for p in classes[name]]
     y = np.asarray([index[name] for name in sorted(classes) for _ in classes[name]], np.int32)
@@ -136,7 +138,7 @@ def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: 
     return EvalSet(split, paths, y, skipped=skipped, notes=notes + left_out)
 
 
-def _remade_split(data_dir: Path, layout: dict, ref: ModelRef, labels: list[str], size: int, split: str,
+def _remade_split(data_dir: Path | str, layout: dict, ref: ModelRef, labels: list[str], size: int, split: str,
                   console: Console | None, quiet: bool) -> EvalSet:
     """The run's own train/val split of DATA_DIR, re-made exactly as `tlcli train` made it."""
     run = owning_run(ref)
@@ -150,7 +152,7 @@ def _remade_split(data_dir: Path, layout: dict, ref: ModelRef, labels: list[str]
     _match_labels(list(found), labels, str(main))  # fail before decoding the whole folder
     notes = []
     trained_on = config.get("data_dir")
-    if trained_on and Path(trained_on).resolve() != data_dir.resolve():
+    if trained_on and not _same_folder(trained_on, data_dir):
         notes.append(f"the run was trained on {trained_on}; its {split} split is re-made on {data_dir} instead.")
     with make_progress(console or Console(stderr=True), quiet) as progress:
         loading = Step(progress, "Loading images")
@@ -163,6 +165,13 @@ def _remade_split(data_dir: Path, layout: dict, ref: ModelRef, labels: list[str]
     if data.skipped:  # unreadable before any split was made: in neither split, as in training
         notes.append(f"{len(data.skipped)} unreadable file(s) in {data_dir} left out, as in training.")
     return EvalSet(split, part.paths, y, part.images, notes=notes + data.warnings)
+
+
+def _same_folder(a, b) -> bool:
+    """Whether two DATA_DIRs name one folder: resolved locally, compared as text for URLs."""
+    if fs.is_url(str(a)) or fs.is_url(str(b)):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _drop_unusable_classes(classes: dict, labels: list[str], size: int) -> tuple[list, list[str]]:
@@ -236,7 +245,7 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
         raise TlcliError("--top-k must be at least 1.")
     if max_errors < 0:
         raise TlcliError("--max-errors must be 0 or more.")
-    if not Path(data_dir).is_dir():
+    if not fs.is_dir(data_dir):
         raise TlcliError(f"'{data_dir}' is not a folder of images.")
     start = time.perf_counter()
     runner = open_model(ref)
@@ -291,7 +300,7 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     def pixels(i: int) -> np.ndarray:  # exactly what the model saw
         return data.images[keep[i]] if data.images is not None else load_image(paths[i], runner.image_size)
 
-    captions = {i: f"{Path(paths[i]).name[:28]}\ntrue: {labels[y_true[i]]}\npred: {labels[y_pred[i]]} ({confidence[i]:.0%})"
+    captions = {i: f"{fs.name(paths[i])[:28]}\ntrue: {labels[y_true[i]]}\npred: {labels[y_pred[i]]} ({confidence[i]:.0%})"
                 for i in wrong}
     if explain:  # each mistake beside its heatmap for the predicted class: why the model got it wrong
         from tlcli.explain import with_heatmaps
