@@ -183,7 +183,7 @@ def test_tflite_and_savedmodel_evaluate_like_keras(cli, run, tmp_path):
     tflite = make_export_folder(run, run / "export", convert_tflite(run))
     export_savedmodel(run, run / "export" / "saved_model")
     results = {}
-    for model, out in ((run, run / "eval"), (tflite, run / "eval" / "model"),
+    for model, out in ((run, run / "eval"), (tflite, run / "eval" / "model.tflite"),
                        (run / "export" / "saved_model", run / "eval" / "saved_model")):
         result = cli(["evaluate", data, "--model", model, "--json"])
         assert result.exit_code == 0, result.output

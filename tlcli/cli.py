@@ -323,7 +323,7 @@ def evaluate(
     model: ModelOption = None,
     project: ProjectOption = _default(TrainConfig, "project"),
     split: Annotated[Optional[str], typer.Option(help="train, val, test or all (default: test/ if present, else val/; all for a folder of classes).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the results (default: <run>/eval/, or <run>/eval/<model name>/ for other models of the run).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the results (default: <run>/eval/, or <run>/eval/<model file name>/ for other models of the run).", show_default=False)] = None,
     top_k: TopK = 3,
     batch_size: BatchSize = 32,
     max_errors: Annotated[int, typer.Option(help="Misclassified images shown in errors.png.")] = 16,

@@ -211,14 +211,14 @@ def _match_labels(found: list[str], labels: list[str], where: str) -> dict[str, 
 
 
 def default_output(ref: ModelRef) -> Path:
-    """<run>/eval/ for a run's own model.keras; <run>/eval/<model name>/ for any other model of
-    the run (exports, SavedModels), so evaluating one never overwrites another's results."""
+    """<run>/eval/ for a run's own model.keras; <run>/eval/<file name>/ (eval/model.onnx/) for any
+    other model of the run (exports, SavedModels), so evaluating one never overwrites another's
+    results: the whole name, as model.tflite and model.onnx share an export folder and a stem."""
     run = owning_run(ref)
     base = run if run is not None else ref.path.parent
     if run is not None and ref.kind == "keras" and ref.path.resolve() == (run / "model.keras").resolve():
         return run / "eval"
-    name = ref.path.stem if ref.path.is_file() else ref.path.name
-    return base / "eval" / name
+    return base / "eval" / ref.path.name
 
 
 # ---------------------------------------------------------------- the command
