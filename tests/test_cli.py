@@ -119,6 +119,15 @@ def test_a_flag_out_of_range_is_one_line_and_exit_2_before_anything_starts(cli, 
     assert not project.exists()
 
 
+def test_an_error_message_is_printed_as_text_not_as_markup(cli, no_tensorflow, tmp_path):
+    """Messages hold paths (which may hold brackets) and "[onnx]"; rich must not eat or choke on them."""
+    missing = tmp_path / "[bold]x[/]" / "[onnx]" / "model.keras"
+    result = cli(["predict", "a.jpg", "--model", missing])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"Error: --model: '{missing}' does not exist (give a run folder, .keras, " \
+                                    "SavedModel folder or .tflite)."
+
+
 @pytest.mark.parametrize("command", ["train", "augment-preview"])
 def test_the_ends_of_the_augmentation_ranges_are_accepted(cli, no_tensorflow, image_folder, tmp_path, command):
     extremes = ["--rotation", "180", "--shift", "1", "--shear", "45", "--zoom", "1", "--seed", "4294967295"]

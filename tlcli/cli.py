@@ -58,19 +58,22 @@ def _import_tensorflow_quietly() -> None:
 def friendly_errors(command):
     """Turn tlcli's own errors, interruptions and OS errors into one line and an exit code."""
 
+    from rich.markup import escape  # messages hold paths and "[onnx]": text, not markup
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except TlcliError as error:
-            err.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("[bold red]Interrupted.[/]")
             raise typer.Exit(130) from None
         except OSError as error:  # full disk, permissions, … : not a bug in tlcli
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
-            err.print(f"[bold red]Error:[/] {error.strerror or error}{where}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]Error:[/] {escape(str(error.strerror or error) + where)}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
