@@ -12,7 +12,6 @@ under a second; Keras and SavedModel models load TensorFlow anyway and decode in
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import os
@@ -23,20 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from tlcli.data import ImageError, find_images, is_image_file, load_image
+from tlcli.data import ImageError, expand_path, load_image
 from tlcli.errors import TlcliError
+from tlcli.fs import is_url
 from tlcli.rundir import ModelRef
 from tlcli.runtime import Runner, open_model
 
 FORMATS = ("table", "json", "csv")
-_GLOB_CHARS = frozenset("*?[")
 
 
 # ---------------------------------------------------------------- inputs
 
 
 def expand_paths(args: list[str]) -> list[tuple[str, str | None]]:
-    """(path, problem) for every image PATH names: files, folders (recursively) and globs, mixed.
+    """(path, problem) for every image PATH names: files, folders (recursively) and globs, mixed,
+    local or URLs (gs://…, through `tlcli.data.expand_path`).
 
     A named file is always tried, whatever its extension; folders and globs contribute image files
     only. An argument that names nothing gives one row with its problem, so it is reported in
@@ -46,34 +46,17 @@ def expand_paths(args: list[str]) -> list[tuple[str, str | None]]:
     seen: set[str] = set()
 
     def add(path: str, problem: str | None = None) -> None:
-        key = os.path.normpath(os.path.abspath(path)) if problem is None else f"\0{path}"
+        key = f"\0{path}" if problem else path if is_url(path) else os.path.normpath(os.path.abspath(path))
         if key not in seen:
             seen.add(key)
             rows.append((path, problem))
 
     for arg in args:
-        arg = str(arg)
-        if os.path.isdir(arg):
-            images = find_images(Path(arg))
-            for image in images:
-                add(str(image))
-            if not images:
-                add(arg, "folder has no image files")
-        elif os.path.exists(arg) or not _GLOB_CHARS & set(arg):
-            add(arg, None if os.path.exists(arg) else "file not found")
-        else:
-            matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
-            found = 0
-            for match in matches:
-                if os.path.isdir(match):
-                    for image in find_images(Path(match)):
-                        add(str(image))
-                        found += 1
-                elif is_image_file(Path(match)):
-                    add(match)
-                    found += 1
-            if not found:
-                add(arg, "no image file matches this pattern")
+        paths, problem = expand_path(str(arg))
+        for path in paths:
+            add(path)
+        if problem:
+            add(str(arg), problem)
     return rows
 
 
