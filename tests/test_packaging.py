@@ -125,6 +125,18 @@ def test_the_litert_extra_installs_nothing_the_core_does_not():
         assert set(installed_on(platform, requirements("litert"))) <= set(installed_on(platform, requirements()))
 
 
+@pytest.mark.parametrize(("name", "too_old", "first_good"), [
+    ("tf2onnx", "1.16.1", "1.17.0"),  # 1.16.1 pins protobuf~=3.20, which TensorFlow 2.21 excludes
+    ("onnxruntime", "1.18.1", "1.19.0"),  # 1.18.1 fails to import under NumPy 2
+    ("onnx", "1.16.1", "1.16.2"),
+])
+def test_the_onnx_extra_floors_and_make_test_installs_it(name, too_old, first_good):
+    (req,) = [r for r in requirements("onnx") if r.name == name]
+    assert too_old not in req.specifier and first_good in req.specifier
+    # `make test` installs [dev]: with the same packages, the ONNX tests run instead of skipping.
+    assert str(req) in {str(r) for r in requirements("dev")}
+
+
 def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it():
     """The TOML-table form prints a deprecation warning at every install; setuptools 77 reads this one."""
     data = project()
