@@ -121,11 +121,16 @@ def test_a_flag_out_of_range_is_one_line_and_exit_2_before_anything_starts(cli, 
 
 def test_an_error_message_is_printed_as_text_not_as_markup(cli, no_tensorflow, tmp_path):
     """Messages hold paths (which may hold brackets) and "[onnx]"; rich must not eat or choke on them."""
-    missing = tmp_path / "[bold]x[/]" / "[onnx]" / "model.keras"
+    missing = tmp_path / "[bold]x[/]" / "[onnx]" / "model.onnx"
     result = cli(["predict", "a.jpg", "--model", missing])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"Error: --model: '{missing}' does not exist (give a run folder, .keras, " \
-                                    "SavedModel folder or .tflite)."
+                                    "SavedModel folder, .tflite or .onnx)."
+
+
+def test_help_shows_the_extra_to_install_not_markup(cli):
+    result = cli(["export", "--help"], env={"COLUMNS": "400"})
+    assert "needs pip install 'tlcli[onnx]'." in result.output
 
 
 @pytest.mark.parametrize("command", ["train", "augment-preview"])

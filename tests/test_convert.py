@@ -15,7 +15,8 @@ def test_formats_table_is_consistent():
     assert len(set(files)) == len(files)
     assert {name: (fmt.kind, fmt.min_agreement) for name, fmt in FORMATS.items()} == {
         "float32": ("tflite", 0.98), "float16": ("tflite", 0.98), "dynamic": ("tflite", 0.95),
-        "int8": ("tflite", 0.95), "int8_io": ("tflite", 0.95), "saved_model": ("savedmodel", 0.98)}
+        "int8": ("tflite", 0.95), "int8_io": ("tflite", 0.95), "saved_model": ("savedmodel", 0.98),
+        "onnx": ("onnx", 0.98)}
     # --int8-io has a file of its own: it never overwrites the float-I/O int8 model.
     assert FORMATS["int8_io"].file == "model_int8_io.tflite" != FORMATS["int8"].file
     assert [n for n, f in FORMATS.items() if f.uint8_io] == ["int8_io"]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, FLOWERS, make_folder, requires_flowers
-from test_runtime import convert_tflite, export_savedmodel, lone_tflite, make_export_folder
+from test_onnx_format import requires_onnx
+from test_runtime import convert_tflite, export_savedmodel, lone_onnx, lone_tflite, make_export_folder
 
 OUTPUTS = ("metrics.json", "predictions.csv", "confusion_matrix.png", "errors.png")
 
@@ -208,6 +209,31 @@ def test_a_lone_tflite_evaluates_with_the_labels_of_its_metadata(cli, run, tmp_p
     assert printed["accuracy"] == expected["accuracy"]
     assert printed["confusion_matrix"] == expected["confusion_matrix"]
     assert _metrics(tmp_path / "ev_lone")["per_class"].keys() == set(CLASSES)
+
+
+@requires_onnx
+def test_a_onnx_evaluates_like_keras_alone_and_beside_a_tflite(cli, run, tmp_path):
+    """Alone, it names its classes from its metadata; in an export folder beside model.tflite,
+    each writes its own default folder (they share a stem)."""
+    data = make_folder(tmp_path / "data", per_class=3, seed=3)
+    expected = json.loads(cli(["evaluate", data, "--model", run, "--json", "-o", tmp_path / "ev_keras"]).stdout)
+    lone = lone_onnx(run, tmp_path / "alone")
+    result = cli(["evaluate", data, "--model", lone, "--json", "-o", tmp_path / "ev_lone"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["kind"] == "onnx" and printed["n_images"] == 9
+    assert printed["accuracy"] == expected["accuracy"]
+    assert printed["confusion_matrix"] == expected["confusion_matrix"]
+    assert printed["loss"] == pytest.approx(expected["loss"], abs=1e-4)
+    assert _metrics(tmp_path / "ev_lone")["per_class"].keys() == set(CLASSES)
+
+    tflite = make_export_folder(run, run / "export", convert_tflite(run))
+    shutil.copy(lone, run / "export" / "model.onnx")
+    for model in (tflite, run / "export" / "model.onnx"):
+        result = cli(["evaluate", data, "--model", model, "--json"])
+        assert result.exit_code == 0, result.output
+    for kind, file in (("tflite", "model.tflite"), ("onnx", "model.onnx")):
+        assert _metrics(run / "eval" / file)["kind"] == kind
 
 
 def test_a_data_dir_in_a_bucket_evaluates_like_its_local_copy(cli, run, image_folder, tmp_path):

@@ -177,6 +177,9 @@ def test_tflite_model_needs_the_keras_model(cli, trained_run, image_folder, tmp_
     assert "explanations need the Keras model" in result.output and "Traceback" not in result.output
     result = cli(["evaluate", image_folder, "--model", export / "model.tflite", "--explain"])
     assert result.exit_code == 2 and "explanations need the Keras model" in result.output
+    (export / "model.onnx").write_bytes(b"not even read")
+    result = cli(["explain", image_folder / "dark" / "dark_1.png", "--model", export / "model.onnx"])
+    assert result.exit_code == 2 and "is a .onnx model" in result.output
 
 
 def test_evaluate_explain_puts_heatmaps_beside_the_mistakes(cli, trained_run, image_folder, tmp_path):

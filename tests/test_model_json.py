@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from test_onnx_format import requires_onnx
 from test_parity import LABELS, brightness_model, hand_built_case
 from tlcli.rundir import ModelRef
 
@@ -71,3 +72,17 @@ def test_a_saved_model_folder_gets_one_digest_per_file(tmp_path):
                                "variables/variables.index": hashlib.sha256(b"index").hexdigest()}
     assert entry["size_bytes"] == 10 and entry["metadata"] is False
     assert (entry["input_range"], entry["output_range"]) == ([0.0, 255.0], [0.0, 1.0])
+
+
+@requires_onnx
+def test_an_onnx_file_is_described_from_its_session(tmp_path):
+    from tlcli.onnx_format import convert_onnx
+
+    convert_onnx(brightness_model(), tmp_path / "model.onnx", 8, LABELS)
+    data = (tmp_path / "model.onnx").read_bytes()
+    entry = _write(tmp_path, {"onnx": tmp_path / "model.onnx"})["files"]["model.onnx"]
+    assert entry == {"format": "onnx", "description": "ONNX (onnxruntime), float32",
+                     "input_name": "image", "input_dtype": "float32", "input_shape": [-1, 8, 8, 3],
+                     "input_range": [0.0, 255.0], "output_name": "probabilities", "output_dtype": "float32",
+                     "output_shape": [-1, 2], "output_range": [0.0, 1.0], "metadata": True,
+                     "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

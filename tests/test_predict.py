@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES
-from test_runtime import classifier_of, convert_tflite, image_size_of, lone_tflite, make_export_folder
+from test_onnx_format import requires_onnx
+from test_runtime import classifier_of, convert_tflite, image_size_of, lone_onnx, lone_tflite, make_export_folder
 
 ROW_KEYS = {"path", "label", "confidence", "top_k", "error"}
 
@@ -232,9 +233,18 @@ def test_a_lone_tflite_names_its_classes_from_its_metadata(cli, lone_model, imag
     assert len(rows) == 8 and [r["label"] for r in rows] == [expected_label(r["path"]) for r in rows]
 
 
-@pytest.mark.parametrize("model", ["export folder", "lone with metadata"])
-def test_tflite_prediction_never_imports_tensorflow(tflite_model, lone_model, image_folder, expected_label, model):
-    tflite_model = lone_model if model == "lone with metadata" else tflite_model
+@pytest.fixture(scope="module")
+def onnx_model(trained_run, tmp_path_factory) -> Path:
+    """The run's model as .onnx with its labels inside, alone in a fresh folder."""
+    return lone_onnx(trained_run, tmp_path_factory.mktemp("lone_onnx"))
+
+
+@pytest.mark.parametrize("model", ["export folder", "lone with metadata",
+                                   pytest.param("lone onnx", marks=requires_onnx)])
+def test_tflite_and_onnx_prediction_never_imports_tensorflow(request, image_folder, expected_label, model):
+    """In a fresh process: the labels come from the file (or labels.txt) and TensorFlow stays out."""
+    fixture = {"export folder": "tflite_model", "lone with metadata": "lone_model", "lone onnx": "onnx_model"}[model]
+    model_path = request.getfixturevalue(fixture)
     script = textwrap.dedent("""
         import json, sys
         from tlcli.cli import app
@@ -242,15 +252,15 @@ def test_tflite_prediction_never_imports_tensorflow(tflite_model, lone_model, im
             app(["predict", sys.argv[1], "--model", sys.argv[2], "--format", "json", "-q"])
         except SystemExit as exit:
             code = exit.code
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras", "tf2onnx"))
         sys.stderr.write("REPORT " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
     """)
     image = next(image_folder.glob("dark/*.jpg"))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script, str(image), str(tflite_model)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", script, str(image), str(model_path)], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     seconds = time.perf_counter() - start
     report = json.loads(proc.stderr.split("REPORT ", 1)[1])
     assert report == {"code": 0, "heavy": []}
     assert json.loads(proc.stdout)[0]["label"] == expected_label(image)
-    assert seconds < 5, f"predicting one image with a .tflite model took {seconds:.1f}s"
+    assert seconds < 5, f"predicting one image with a {model_path.suffix} model took {seconds:.1f}s"

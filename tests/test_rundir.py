@@ -103,3 +103,17 @@ def test_a_tflite_with_labels_but_no_model_json_is_sized_by_its_runner(small_tfl
     (tmp_path / "m" / "model.keras").write_bytes(b"")  # a Keras model still needs its size written down
     with pytest.raises(TlcliError, match="input size"):
         resolve_model(tmp_path / "m" / "model.keras")
+
+
+def test_a_onnx_is_a_model_named_by_its_runner_unless_labels_are_beside_it(tmp_path):
+    """resolve_model does not open the file (onnx_format imports rundir): a lone .onnx gets no
+    labels and size 0, and OnnxRunner reads both from the file (tests/test_runtime.py)."""
+    lone = tmp_path / "alone" / "model.onnx"
+    lone.parent.mkdir()
+    lone.write_bytes(b"not read here")
+    ref = resolve_model(lone)
+    assert (ref.kind, ref.path, ref.labels, ref.image_size, ref.run_dir) == ("onnx", lone, [], 0, None)
+    (lone.parent / "labels.txt").write_text("a\nb\n")  # beside it: first, as for a .tflite
+    assert (resolve_model(lone).labels, resolve_model(lone).image_size) == (["a", "b"], 0)
+    with pytest.raises(TlcliError, match=r"\.tflite or \.onnx"):
+        resolve_model(tmp_path / "missing.onnx")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES
+from test_onnx_format import requires_onnx
 from tlcli.errors import TlcliError
 from tlcli.rundir import ModelRef
 
@@ -47,6 +48,15 @@ def lone_tflite(run: Path, folder: Path, name: str = "model.tflite") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     labels = tuple((run / "labels.txt").read_text().split())
     write_tflite(folder / name, convert_tflite(run), ModelInfo(labels, "tiny"))
+    return folder / name
+
+
+def lone_onnx(run: Path, folder: Path, name: str = "model.onnx") -> Path:
+    """The run's model as .onnx with its labels inside, alone in `folder` (needs the [onnx] extra)."""
+    from tlcli.onnx_format import convert_onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    convert_onnx(classifier_of(run), folder / name, image_size_of(run), (run / "labels.txt").read_text().split())
     return folder / name
 
 
@@ -212,6 +222,18 @@ def test_a_lone_tflite_runs_with_the_labels_and_size_of_its_metadata_and_tensor(
     np.testing.assert_allclose(_probs(runner.path, images), _probs(trained_run, images), atol=1e-4)
 
 
+@requires_onnx
+def test_a_lone_onnx_runs_with_the_labels_and_size_of_its_file(trained_run, image_folder, tmp_path):
+    from tlcli.rundir import resolve_model
+    from tlcli.runtime import open_model
+
+    runner = open_model(resolve_model(lone_onnx(trained_run, tmp_path / "alone")))
+    assert (runner.kind, runner.uses_tensorflow) == ("onnx", False)
+    assert runner.labels == list(CLASSES) and runner.image_size == image_size_of(trained_run)
+    images = _decoded(_paths(image_folder), image_size_of(trained_run))
+    np.testing.assert_allclose(_probs(runner.path, images), _probs(trained_run, images), atol=1e-5)
+
+
 def test_a_tflite_of_any_size_with_nothing_saying_which_is_a_one_line_error(tmp_path):
     import keras
     import tensorflow as tf
@@ -230,8 +252,8 @@ def test_a_tflite_of_any_size_with_nothing_saying_which_is_a_one_line_error(tmp_
 def test_a_kind_with_no_runner_is_a_one_line_error(tmp_path):
     from tlcli.runtime import open_model
 
-    with pytest.raises(TlcliError, match="cannot run a onnx model"):
-        open_model(ModelRef("onnx", tmp_path / "model.onnx", list(CLASSES), 32, None))
+    with pytest.raises(TlcliError, match="cannot run a coreml model"):
+        open_model(ModelRef("coreml", tmp_path / "model.mlpackage", list(CLASSES), 32, None))
 
 
 # ---------------------------------------------------------------- batches and timing

@@ -123,7 +123,7 @@ Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Turn the 
 DataDir = Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders.", show_default=False)]
 
 # Options several commands share, each defined once.
-ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder, .keras file, SavedModel folder or .tflite file (default: the newest run in --project).", show_default=False)]
+ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder, .keras file, SavedModel folder, .tflite or .onnx file (default: the newest run in --project). A lone .tflite or .onnx, with no labels.txt beside it, takes its labels from its metadata.", show_default=False)]
 KerasModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="A run folder or .keras file (default: the newest run in --project).", show_default=False)]
 ProjectOption = Annotated[str, typer.Option(help="Folder holding the runs.", rich_help_panel="Output")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, for machines.", rich_help_panel="Output")]
@@ -260,11 +260,12 @@ def augment_preview(
 
 
 def _load_model_ref(model: Optional[str], project: str):
-    """Resolve --model and import TensorFlow only for the model kinds that need it (.tflite does not)."""
+    """Resolve --model and import TensorFlow only for the model kinds that need it (.tflite and
+    .onnx do not)."""
     from tlcli.rundir import resolve_model
 
     ref = resolve_model(model, project)
-    if ref.kind != "tflite":
+    if ref.kind not in ("tflite", "onnx"):
         _import_tensorflow_quietly()
     return ref
 
@@ -281,7 +282,7 @@ def predict(
     full: Annotated[bool, typer.Option("--full", help=f"Print every row of the table, even for more than {tables.SUMMARY_ABOVE} images.")] = False,
     quiet: Quiet = False,
 ):
-    """Predict the class of images with a trained model (.keras, SavedModel or .tflite).
+    """Predict the class of images with a trained model (.keras, SavedModel, .tflite or .onnx).
 
     Image size, preprocessing and labels come from the model and its run folder. A file that
     cannot be read gets a row with its error and makes the exit code 1; the others are still
@@ -339,7 +340,7 @@ def evaluate(
     DATA_DIR has one folder per class, or train/ val/ (test/) folders; its classes must be the
     model's. Writes metrics.json, predictions.csv, confusion_matrix.png and errors.png (the
     most confident mistakes). The loss is plain cross-entropy, without training's label smoothing.
-    Works the same for .keras, SavedModel and .tflite models, so they can be compared.
+    Works the same for .keras, SavedModel, .tflite and .onnx models, so they can be compared.
 
     Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite[/]
     """
@@ -414,7 +415,8 @@ def export(
     tflite: Annotated[bool, typer.Option("--tflite", help="Write model.tflite (float32); the default when nothing else is asked for.", rich_help_panel="Formats")] = False,
     quantize: Annotated[Optional[list[str]], typer.Option("--quantize", help="Also write a quantized TFLite model: float16, dynamic, int8 or all (repeatable).", rich_help_panel="Formats", show_default=False)] = None,
     saved_model: Annotated[bool, typer.Option("--saved-model", help="Write a SavedModel folder for TF Serving.", rich_help_panel="Formats")] = False,
-    int8_io: Annotated[bool, typer.Option("--int8-io", help="int8 model with uint8 input/output tensors (input 0..255 as is); implies --quantize int8.", rich_help_panel="Formats")] = False,
+    int8_io: Annotated[bool, typer.Option("--int8-io", help="Also write model_int8_io.tflite: the int8 model with uint8 input/output tensors (input 0..255 as is).", rich_help_panel="Formats")] = False,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also write model.onnx (raw RGB float32 in, probabilities out), checked on onnxruntime; needs pip install 'tlcli\\[onnx]'.", rich_help_panel="Formats")] = False,
     calibration_data: Annotated[Optional[Path], typer.Option(help="Images to calibrate int8 on (default: the run's training images).", rich_help_panel="Quantization", show_default=False)] = None,
     calibration_samples: Annotated[int, typer.Option(help="How many calibration images int8 uses.", rich_help_panel="Quantization")] = 200,
     check_data: Annotated[Optional[Path], typer.Option(help="Class folders (or train/val layout: val) to check the exports on (default: the run's validation images).", rich_help_panel="Check", show_default=False)] = None,
@@ -424,12 +426,15 @@ def export(
     as_json: AsJson = False,
     quiet: Quiet = False,
 ):
-    """Export a trained model to TFLite (float32, float16, dynamic, int8) and SavedModel, and check each.
+    """Export a trained model to TFLite (float32, float16, dynamic, int8), SavedModel and ONNX, and check each.
 
     Every file takes raw RGB images (preprocessing is inside, augmentation is not) and comes
-    with labels.txt and model.json. Each one is run next to the Keras model on the run's
-    validation images: agreement, accuracy, size and latency. One below --min-agreement is a
-    failure (exit code 1), kept to inspect.
+    with labels.txt and model.json. Every .tflite carries TFLite metadata (labels,
+    normalization), so MediaPipe Tasks loads it as it is; the .onnx carries its labels.
+
+    Each file is run next to the Keras model on the run's validation images: agreement,
+    accuracy, size and latency. One below --min-agreement is a failure (exit code 1), kept to
+    inspect.
 
     Example: [bold]tlcli export --quantize all --saved-model[/]
     """
@@ -438,7 +443,7 @@ def export(
     check_options(calibration_samples=calibration_samples)
     if min_agreement is not None:
         check_options(min_agreement=min_agreement)
-    formats = select_formats(tflite, quantize or [], saved_model, int8_io)  # bad flags fail before TensorFlow loads
+    formats = select_formats(tflite, quantize or [], saved_model, int8_io, onnx)  # bad flags fail before TensorFlow loads
     _import_tensorflow_quietly()
     from tlcli.export import export as run_export
 

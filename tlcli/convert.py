@@ -32,7 +32,7 @@ class Format:
     """One export format: where it goes, how it is converted and how closely it must agree."""
 
     file: str  # file (or folder) name in the export folder
-    kind: str  # how tlcli.runtime runs it: "tflite" or "savedmodel"
+    kind: str  # how tlcli.runtime runs it: "tflite", "savedmodel" or "onnx"
     min_agreement: float  # default minimum top-1 agreement with the Keras model
     description: str
     optimize: bool = False  # converter.optimizations = [DEFAULT]
@@ -55,6 +55,7 @@ FORMATS: dict[str, Format] = {
     "int8_io": Format("model_int8_io.tflite", "tflite", 0.95, "TFLite, full integer int8, uint8 input and output",
                       optimize=True, full_integer=True, uint8_io=True),
     "saved_model": Format("saved_model", "savedmodel", 0.98, "SavedModel (TF Serving)"),
+    "onnx": Format("model.onnx", "onnx", 0.98, "ONNX (onnxruntime), float32"),
 }
 
 

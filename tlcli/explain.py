@@ -30,7 +30,8 @@ def require_keras(ref: ModelRef) -> None:
     """Grad-CAM needs the model's gradients: only the Keras model has them. Say where it is."""
     if ref.kind == "keras":
         return
-    what = {"tflite": "a .tflite model", "savedmodel": "a SavedModel"}.get(ref.kind, f"a {ref.kind} model")
+    what = {"tflite": "a .tflite model", "savedmodel": "a SavedModel", "onnx": "a .onnx model"}.get(
+        ref.kind, f"a {ref.kind} model")
     run = owning_run(ref)
     hint = f"--model {run}" if run is not None and (run / "model.keras").is_file() else "--model RUN or a .keras file"
     raise TlcliError(f"explanations need the Keras model (they use its gradients); '{ref.path}' is {what}. "

@@ -1,6 +1,7 @@
 """`tlcli export`: from a run's Keras model to deployable files, each checked against the model.
 
-The steps have their own modules: `tlcli.convert` writes each format (`FORMATS`), `tlcli.model_json`
+The steps have their own modules: `tlcli.convert` writes each format (`FORMATS`; ONNX through
+`tlcli.onnx_format`), `tlcli.model_json`
 describes them for apps, and `tlcli.parity` runs each file next to the Keras model on the run's
 validation images (or --check-data), through `tlcli.runtime` as `tlcli predict` runs it. A file
 below its minimum agreement is reported as a failure (and kept, to inspect). This module gathers
@@ -35,12 +36,13 @@ _ALIASES = {"fp16": "float16", "f16": "float16", "half": "float16", "dyn": "dyna
             "i8": "int8", "uint8": "int8", "full_integer": "int8"}
 
 
-def select_formats(tflite: bool = False, quantize=(), saved_model: bool = False, int8_io: bool = False) -> list[str]:
+def select_formats(tflite: bool = False, quantize=(), saved_model: bool = False, int8_io: bool = False,
+                   onnx: bool = False) -> list[str]:
     """The formats the flags ask for, in `FORMATS` order.
 
     `quantize` items may repeat, be comma-separated or be "all"; any of them implies the float32
-    TFLite file, and so does asking for nothing at all. --int8-io adds its own file
-    (model_int8_io.tflite) beside any --quantize int8 one.
+    TFLite file, and so does asking for nothing at all (--saved-model or --onnx alone write only
+    that). --int8-io adds its own file (model_int8_io.tflite) beside any --quantize int8 one.
     """
     wanted = set()
     for item in quantize or ():
@@ -56,10 +58,12 @@ def select_formats(tflite: bool = False, quantize=(), saved_model: bool = False,
             wanted.add(name)
     if int8_io:
         wanted.add("int8_io")
-    if tflite or wanted or not saved_model:
+    if tflite or wanted or not (saved_model or onnx):
         wanted.add("float32")
     if saved_model:
         wanted.add("saved_model")
+    if onnx:
+        wanted.add("onnx")
     return [name for name in FORMATS if name in wanted]
 
 
@@ -104,17 +108,22 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
 
     int8 calibrates on `calibration_samples` images of `calibration_data` (default: the run's
     training images); `int8_io` adds the "int8_io" format (uint8 input and output) to `formats`.
-    Every .tflite carries TFLite metadata with the labels. The check runs on `check_data`
+    Every .tflite carries TFLite metadata with the labels, the .onnx its labels in its metadata
+    (onnx needs the [onnx] extra, checked before any slow work). The check runs on `check_data`
     (default: the run's validation images); `min_agreement` overrides each format's own minimum.
     """
     console = console or Console(stderr=True)
     formats = [f for f in FORMATS if f in {*formats, *(["int8_io"] if int8_io else [])}]
     if not formats:
-        raise TlcliError("nothing to export: give --tflite, --quantize or --saved-model.")
+        raise TlcliError("nothing to export: give --tflite, --quantize, --saved-model or --onnx.")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise TlcliError(f"--min-agreement must be between 0 and 1, not {min_agreement}.")
     if calibration_samples < 1:
         raise TlcliError(f"--calibration-samples must be at least 1, not {calibration_samples}.")
+    if "onnx" in formats:  # a missing [onnx] extra fails here, not after loading and converting
+        from tlcli.onnx_format import require_converter
+
+        require_converter()
 
     ref = resolve_model(model, project)
     if ref.kind != "keras":
@@ -183,7 +192,8 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
 
 def _convert_all(classifier, formats: list[str], out: Path, size: int, calibration, info: ModelInfo,
                  progress) -> dict[str, tuple[Path, list[str]]]:
-    """Write each format into `out`, .tflite files with `info` as metadata; {format: (path, notes)}."""
+    """Write each format into `out`, .tflite files with `info` as metadata and the .onnx with the
+    labels; {format: (path, notes)}."""
     artifacts: dict[str, tuple[Path, list[str]]] = {}
     converting = Step(progress, "Converting")
     converting.start(len(formats))
@@ -194,6 +204,11 @@ def _convert_all(classifier, formats: list[str], out: Path, size: int, calibrati
         path = out / fmt.file
         if fmt.kind == "savedmodel":
             write_saved_model(classifier, path)
+            notes = []
+        elif fmt.kind == "onnx":
+            from tlcli.onnx_format import convert_onnx
+
+            convert_onnx(classifier, path, size, list(info.labels))
             notes = []
         else:
             wrapper = wrapper or fixed_shape_model(classifier, size)

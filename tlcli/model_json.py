@@ -1,8 +1,8 @@
 """model.json: what an app needs to feed the exported models and read their output without guessing.
 
 One file per export folder: input size, range, colour order and layout, the labels, and per
-exported file its tensor types, shapes, ranges and quantization, whether it carries TFLite
-metadata, its size and SHA-256, all read back from the file itself.
+exported file its tensor types, shapes, ranges and quantization, whether it carries metadata
+(TFLite metadata; labels in a .onnx), its size and SHA-256, all read back from the file itself.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def _file_entry(name: str, path: Path, size: int) -> dict:
         entry.update({"signature": "serving_default", "input": "image: float32 [batch, height, width, 3], any size",
                       "input_range": [0.0, 255.0], "output": "probabilities", "output_range": [0.0, 1.0],
                       "metadata": False})
+    elif fmt.kind == "onnx":
+        from tlcli.onnx_format import describe
+
+        entry.update(describe(path))
+        entry.update({"input_range": [0.0, 255.0], "output_range": [0.0, 1.0]})
     else:
         interpreter = tflite_interpreter(path, threads=1)
         (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()

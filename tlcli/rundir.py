@@ -127,7 +127,7 @@ def latest_run(project: str | os.PathLike = "runs") -> Path:
 
 # ---------------------------------------------------------------- --model resolution
 
-MODEL_KINDS = ("keras", "savedmodel", "tflite")
+MODEL_KINDS = ("keras", "savedmodel", "tflite", "onnx")
 
 
 @dataclass(frozen=True)
@@ -136,19 +136,19 @@ class ModelRef:
 
     kind: str  # one of MODEL_KINDS
     path: Path
-    labels: list[str]
-    image_size: int  # 0: not known beside the model (a lone .tflite): its runner reads it from the file
+    labels: list[str]  # empty for a lone .onnx: its runner reads them from the file's metadata
+    image_size: int  # 0: not known beside the model (a lone .tflite or .onnx): its runner reads it from the file
     run_dir: Path | None  # the run it belongs to, when known
 
 
 def resolve_model(model: str | os.PathLike | None, project: str | os.PathLike = "runs") -> ModelRef:
-    """--model rules: a run folder, a .keras file, a SavedModel folder or a .tflite file;
+    """--model rules: a run folder, a .keras file, a SavedModel folder, a .tflite or a .onnx file;
     None means the latest run. Labels and input size come from the files beside the model; a
-    .tflite with none beside it names its classes from its own TFLite metadata.
+    .tflite or .onnx with none beside it names its classes from its own metadata.
     """
     path = latest_run(project) if model is None else Path(model)
     if not path.exists():
-        raise TlcliError(f"--model: '{path}' does not exist (give a run folder, .keras, SavedModel folder or .tflite).")
+        raise TlcliError(f"--model: '{path}' does not exist (give a run folder, .keras, SavedModel folder, .tflite or .onnx).")
     if path.is_dir() and (path / "model.keras").is_file():
         return _ref("keras", path / "model.keras", path)
     if path.is_dir() and (path / "saved_model.pb").is_file():
@@ -157,21 +157,24 @@ def resolve_model(model: str | os.PathLike | None, project: str | os.PathLike = 
         return _ref("keras", path, path.parent)
     if path.is_file() and path.suffix == ".tflite":
         return _ref("tflite", path, path.parent)
+    if path.is_file() and path.suffix == ".onnx":
+        return _ref("onnx", path, path.parent)
     if path.is_dir():
         raise TlcliError(f"--model: '{path}' holds no model.keras or saved_model.pb (an unfinished run?).")
-    raise TlcliError(f"--model: '{path}' is not a model (expected .keras, .tflite, a SavedModel or run folder).")
+    raise TlcliError(f"--model: '{path}' is not a model (expected .keras, .tflite, .onnx, a SavedModel or run folder).")
 
 
 def _ref(kind: str, path: Path, folder: Path) -> ModelRef:
     """Find labels.txt and the input size beside the model: in its folder, or the run above it.
 
-    A .tflite needs neither: its metadata can hold the labels, and its input tensor has the size.
+    A .tflite or .onnx needs neither: its metadata can hold the labels, and its input tensor has
+    the size. The .onnx labels are read by its runner: onnx_format imports this module.
     """
     for candidate in (folder, folder.parent, folder.parent.parent):
         labels_file = candidate / "labels.txt"
         if labels_file.is_file():
             labels = [l for l in labels_file.read_text(encoding="utf-8").splitlines() if l.strip()]
-            size = _image_size(candidate, required=kind != "tflite")
+            size = _image_size(candidate, required=kind not in ("tflite", "onnx"))
             return ModelRef(kind, path, labels, size, _run_of(candidate))
     if kind == "tflite":
         from tlcli.tflite_metadata import read_labels  # flatbuffers and zipfile only: no TensorFlow
@@ -184,6 +187,8 @@ def _ref(kind: str, path: Path, folder: Path) -> ModelRef:
             return ModelRef(kind, path, labels, 0, None)
         raise TlcliError(f"no labels.txt beside '{path}', in its run folder or in its TFLite metadata: "
                          "cannot name the classes.")
+    if kind == "onnx":
+        return ModelRef(kind, path, [], 0, None)
     raise TlcliError(f"no labels.txt beside '{path}' or in its run folder: cannot name the classes.")
 
 

@@ -9,12 +9,13 @@ batch of uint8 RGB images (n, size, size, 3), decoded as in training, to class p
   savedmodel  a SavedModel folder, through its serving_default signature
   tflite      a `.tflite` file on the LiteRT interpreter (TensorFlow's tf.lite copy where LiteRT
               has no wheels), quantized inputs and outputs mapped through (scale, zero_point)
+  onnx        a `.onnx` file on onnxruntime (`tlcli.onnx_format.OnnxRunner`, the [onnx] extra)
 
-Another kind (ONNX on onnxruntime, say) is one more `Runner` subclass and one entry in
-`RUNNERS`. `run_batches` and `latency` run and time any runner.
+Another kind is one more runner class and one entry in `RUNNERS`. `run_batches` and `latency`
+run and time any runner.
 
 Nothing here imports TensorFlow at module level: the Keras and SavedModel runners import it when
-built, and a `.tflite` runs without it wherever LiteRT is installed.
+built, a `.tflite` runs without it wherever LiteRT is installed, and a `.onnx` never needs it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcli.errors import TlcliError
+from tlcli.onnx_format import OnnxRunner  # onnxruntime loads only when a session opens
 from tlcli.progress import quiet_native_output
 from tlcli.rundir import ModelRef
 
@@ -178,12 +180,14 @@ class TFLiteRunner(Runner):
         return dequantize(self.interpreter.get_tensor(self._out["index"]), self._out)
 
 
-RUNNERS: dict[str, type[Runner]] = {"keras": KerasRunner, "savedmodel": SavedModelRunner, "tflite": TFLiteRunner}
+# OnnxRunner has Runner's attributes and predict without subclassing it (that would be an import cycle).
+RUNNERS: dict[str, type] = {"keras": KerasRunner, "savedmodel": SavedModelRunner, "tflite": TFLiteRunner,
+                            "onnx": OnnxRunner}
 
 
 def open_model(ref: ModelRef) -> Runner:
     """The Runner for `ref` (from `rundir.resolve_model`, or built by hand for a file whose kind
-    is known); imports TensorFlow unless it is a .tflite and LiteRT is installed."""
+    is known); imports TensorFlow unless it is a .onnx, or a .tflite and LiteRT is installed."""
     if ref.kind not in RUNNERS:
         raise TlcliError(f"tlcli cannot run a {ref.kind} model: '{ref.path}'.")
     return RUNNERS[ref.kind](ref)
