@@ -56,11 +56,12 @@ def write_preview(data_dir, output, config: AugmentConfig, samples: int = 6, var
 
     import numpy as np
 
-    from tlcli.data import ImageError, detect_layout, discover, load_image
+    from tlcli.data import detect_layout, discover
+    from tlcli.images import ImageError, load_image
     from tlcli.errors import TlcliError
     from tlcli.plots import plot_image_grid
 
-    layout = detect_layout(Path(data_dir))
+    layout = detect_layout(data_dir)  # a local folder or a URL (gs://...): not Path, which mangles URLs
     classes, _ = discover(layout.get("train", layout.get("all")))
     rng = random.Random(seed)
     pool = [(name, path) for name, files in classes.items() for path in rng.sample(files, min(len(files), samples))]
