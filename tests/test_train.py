@@ -97,6 +97,15 @@ def test_flowers_mobilenet_v2_defaults_reach_080(cli, tmp_path, monkeypatch):
     metrics = json.loads(result.stdout)
     print("flowers-dev val_accuracy:", metrics["val_accuracy"])
     assert metrics["val_accuracy"] >= 0.80
+    assert metrics["saved_model_check"]["agrees"] is True
+    # evaluate on flowers-dev/val gives the val accuracy the run reported (calibration never
+    # changes an answer), and calibration lowered the validation NLL
+    run = metrics["run_dir"]
+    evaluated = cli(["evaluate", FLOWERS, "--model", run, "-o", tmp_path / "ev", "--json", "-q"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-6)
+    calibration = metrics["calibration"]
+    assert calibration["after"]["nll"] < calibration["before"]["nll"]
 
 
 @pytest.mark.parametrize("cache_ram_gb", [1.0, 0.0])  # in memory, and spilled to a file
