@@ -156,6 +156,40 @@ def expand_path(arg: str) -> tuple[list[str], str | None]:
     return images, None if images else "no image file matches this pattern"
 
 
+FILE_LIST_HEADER = "# tlcli file list"  # the first line of the lists `tlcli check --write-clean` writes
+
+
+def is_file_list(data_dir: Path | str) -> bool:
+    """Whether DATA_DIR names a file list (as `tlcli check --write-clean` writes) instead of a folder."""
+    return not fs.is_dir(data_dir) and fs.exists(data_dir) and not is_image_file(data_dir)
+
+
+def read_file_list(path: Path | str) -> dict[str, dict[str, list]]:
+    """{split: {class: image files}} of a file list: one image a line, `split<TAB>class<TAB>path`,
+    the split being train, val or test, or all for images to split by --val-split; lines starting
+    with # are comments. A relative path is relative to the list's folder."""
+    with _reading(path):
+        text = fs.read_bytes(path).decode("utf-8", "replace")
+    base = path.rsplit("/", 1)[0] if fs.is_url(path) else Path(path).resolve().parent
+    found: dict[str, dict[str, list]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[0] not in ("all",) + SPLIT_NAMES or not parts[1] or not parts[2]:
+            raise TlcliError(f"{path}, line {number}: expected split<TAB>class<TAB>path, the split being "
+                             f"all, train, val or test.")
+        split, name, file = parts
+        file = fs.as_path(file) if fs.is_url(file) or os.path.isabs(file) else fs.join(base, file)
+        found.setdefault(split, {}).setdefault(name, []).append(file)
+    if not found:
+        raise TlcliError(f"{path} is neither a folder of images nor a file list with any image in it.")
+    if "all" in found and len(found) > 1:
+        others = ", ".join(sorted(set(found) - {"all"}))
+        raise TlcliError(f"{path} mixes split 'all' with {others}: use one or the other.")
+    return found
+
+
 # ---------------------------------------------------------------- splitting
 
 
@@ -174,23 +208,26 @@ def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[li
 
 def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
                 classes: list[str] | None = None) -> ImageFolder:
-    """Find and split every image file of DATA_DIR (either layout) without decoding any.
+    """Find and split every image file of DATA_DIR (either layout, or a file list) without decoding any.
 
     The result holds paths and labels only (`images` is None): training streams the files
     through the decoder, so memory does not grow with the dataset. `classes` restricts the
     classes to those (a resumed run's); any of them missing is an error.
     """
     data_dir = fs.as_path(data_dir)
-    layout = detect_layout(data_dir)
     notes: list[str] = []
     found: dict[str, dict[str, list]] = {}
-    with _reading(data_dir):
-        for split, folder in layout.items():
-            found[split], split_notes = discover(folder)
-            notes += [f"{split}/: {n}" if split != "all" else n for n in split_notes]
-        stray = [f for f in fs.listdir(data_dir, IMAGE_EXTENSIONS)[1] if is_image_file(f)]
-    if stray:
-        notes.append(f"{len(stray)} image(s) at the top of {data_dir} are not in a class folder; ignored.")
+    if is_file_list(data_dir):
+        found = read_file_list(data_dir)
+    else:
+        layout = detect_layout(data_dir)
+        with _reading(data_dir):
+            for split, folder in layout.items():
+                found[split], split_notes = discover(folder)
+                notes += [f"{split}/: {n}" if split != "all" else n for n in split_notes]
+            stray = [f for f in fs.listdir(data_dir, IMAGE_EXTENSIONS)[1] if is_image_file(f)]
+        if stray:
+            notes.append(f"{len(stray)} image(s) at the top of {data_dir} are not in a class folder; ignored.")
     main = "all" if "all" in found else "train"
     class_names = sorted(found.get(main, {}))
     if classes is not None:
