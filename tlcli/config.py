@@ -97,6 +97,8 @@ LIMITS: dict[str, Limit | Choice] = {
     "top_k": Limit("--top-k", 1),
     "max_errors": Limit("--max-errors", 0),
     "split": Choice("--split", ("train", "val", "test", "all")),
+    "tta": Choice("--tta", ("flip", "flip+crops")),  # test-time augmentation: tlcli.runtime.TTARunner
+    "min_confidence": Limit("--min-confidence", 0, 1, why="a probability"),
     # export
     "calibration_samples": Limit("--calibration-samples", 1),
     "min_agreement": Limit("--min-agreement", 0, 1, why="a fraction of the images"),
