@@ -293,6 +293,85 @@ def test_latency_is_per_image_one_at_a_time_after_a_warm_up():
     assert latency(runner, np.zeros((0, 4, 4, 3), np.uint8)) == 0.0
 
 
+# ---------------------------------------------------------------- test-time augmentation
+
+
+class _LeftHanded:
+    """A runner stand-in that is not mirror-invariant: each class scores the brightness of one
+    vertical third of the image (left, middle, right)."""
+
+    labels = list(CLASSES)
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, images):
+        x = np.asarray(images, np.float64)
+        self.calls.append(len(x))
+        third = x.shape[2] // 3
+        scores = np.stack([x[:, :, i * third:(i + 1) * third].mean(axis=(1, 2, 3)) for i in range(3)], axis=1) / 20
+        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _lopsided_images(n: int = 5, size: int = 40) -> np.ndarray:
+    """Seeded images brighter on one side than the other, differently each."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, size)[None, None, :, None] * rng.uniform(-150, 150, (n, 1, 1, 1))
+    return np.clip(128 + ramp + rng.normal(0, 20, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def test_tta_flip_averages_the_image_and_its_mirror():
+    from tlcli.runtime import run_batches, with_tta
+
+    images, plain = _lopsided_images(), _LeftHanded()
+    expected = (plain.predict(images) + plain.predict(np.flip(images, axis=2))) / 2
+    assert np.abs(expected - plain.predict(images)).max() > 0.05  # the mirror really changes the answer
+    got = run_batches(with_tta(_LeftHanded(), "flip"), images, batch_size=2)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert with_tta(plain, None) is plain
+
+
+def test_tta_flip_and_crops_averages_seven_views_resized_as_the_decoder_does():
+    """The plain image, its mirror, the 4 corner crops and the centre crop at 90% (36 of 40
+    pixels), each resized back to 40 by Pillow's bilinear filter: computed here independently."""
+    from PIL import Image
+
+    from tlcli.runtime import TTARunner
+
+    images, plain = _lopsided_images(), _LeftHanded()
+
+    def crops(left: int, top: int) -> np.ndarray:
+        return np.stack([np.asarray(Image.fromarray(image).crop((left, top, left + 36, top + 36))
+                                    .resize((40, 40), Image.BILINEAR)) for image in images])
+
+    views = [images, images[:, :, ::-1]] + [crops(x, y) for x, y in ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2))]
+    expected = np.stack([plain.predict(v) for v in views], axis=1)
+    every = TTARunner(plain, "flip+crops", average=False).predict(images)
+    assert every.shape == (5, 7, 3)
+    np.testing.assert_allclose(every, expected, atol=1e-6)  # the plain image first, then the others in order
+    np.testing.assert_allclose(TTARunner(plain, "flip+crops").predict(images), expected.mean(axis=1), atol=1e-6)
+    # Float pixels take the same views (to Pillow's 8-bit rounding).
+    as_float = TTARunner(plain, "flip+crops", average=False).predict(images.astype(np.float32))
+    np.testing.assert_allclose(as_float, expected, atol=2e-3)
+
+
+def test_tta_wraps_every_model_kind_and_refuses_an_unknown_mode(trained_run, tflite_model, image_folder):
+    """Through the runtime's runners: a .tflite with TTA gives what its Keras model gives with TTA."""
+    from tlcli.rundir import resolve_model
+    from tlcli.runtime import TTARunner, open_model, run_batches, with_tta
+
+    images = _decoded(_paths(image_folder), image_size_of(trained_run))
+    keras_runner = open_model(resolve_model(trained_run))
+    flipped = np.ascontiguousarray(images[:, :, ::-1])
+    expected = (run_batches(keras_runner, images) + run_batches(keras_runner, flipped)) / 2
+    tflite = with_tta(open_model(resolve_model(tflite_model)), "flip")
+    assert (tflite.kind, tflite.labels, tflite.image_size) == ("tflite", list(CLASSES), image_size_of(trained_run))
+    np.testing.assert_allclose(run_batches(tflite, images, 5), expected, atol=1e-4)
+    with pytest.raises(TlcliError, match="--tta must be one of flip, flip\\+crops; not 'mirror'"):
+        TTARunner(keras_runner, "mirror")
+
+
 # ---------------------------------------------------------------- one code path for predict and export
 
 

@@ -12,7 +12,7 @@ batch of uint8 RGB images (n, size, size, 3), decoded as in training, to class p
   onnx        a `.onnx` file on onnxruntime (`tlcli.onnx_format.OnnxRunner`, the [onnx] extra)
 
 Another kind is one more runner class and one entry in `RUNNERS`. `run_batches` and `latency`
-run and time any runner.
+run and time any runner; `with_tta` wraps any runner in test-time augmentation.
 
 Nothing here imports TensorFlow at module level: the Keras and SavedModel runners import it when
 built, a `.tflite` runs without it wherever LiteRT is installed, and a `.onnx` never needs it.
@@ -27,12 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tlcli.config import LIMITS
 from tlcli.errors import TlcliError
 from tlcli.onnx_format import OnnxRunner  # onnxruntime loads only when a session opens
 from tlcli.progress import quiet_native_output
 from tlcli.rundir import ModelRef
 
 LATENCY_SAMPLES = 32  # images timed one at a time by `latency`
+TTA_MODES = LIMITS["tta"].choices  # flip, flip+crops
+CROP_SCALE = 0.9  # flip+crops: each crop's side, as a fraction of the image's
 
 
 class Runner:
@@ -201,12 +204,68 @@ def run_batches(runner: Runner, images: np.ndarray, batch_size: int = 32, progre
 
     `progress(n)` is called after each batch.
     """
-    out = [np.zeros((0, len(runner.labels)), np.float32)]
+    out = []
     for start in range(0, len(images), batch_size):
         out.append(runner.predict(images[start:start + batch_size]))
         if progress:
             progress(len(out[-1]))
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, len(runner.labels)), np.float32)
+
+
+# ---------------------------------------------------------------- test-time augmentation
+
+
+class TTARunner:
+    """Any runner, its probabilities averaged over views of each image (`tta_views`).
+
+    With `average=False`, `predict` gives every view's probabilities, (n, views, classes), the
+    plain image's first: `evaluate` measures with and without TTA in one pass. Everything else
+    (labels, image_size, kind, …) is the wrapped runner's.
+    """
+
+    def __init__(self, runner, mode: str, average: bool = True):
+        LIMITS["tta"].check(mode)
+        self.runner, self.mode, self.average = runner, mode, average
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def predict(self, images) -> np.ndarray:
+        views = np.stack([self.runner.predict(view) for view in tta_views(images, self.mode)], axis=1)
+        return views.mean(axis=1) if self.average else views
+
+
+def with_tta(runner, mode: str | None):
+    """`runner` averaging over the views of `mode` (flip, flip+crops), or `runner` itself for None."""
+    return runner if mode is None else TTARunner(runner, mode)
+
+
+def tta_views(images, mode: str) -> list[np.ndarray]:
+    """The views `mode` averages over, each shaped and typed like `images` (n, size, size, 3): the
+    images themselves, their horizontal mirror, and for flip+crops the four corner crops and the
+    centre crop, CROP_SCALE of the side, resized back to the size."""
+    images = np.asarray(images)  # tf.data hands over tensors
+    views = [images, images[:, :, ::-1]]
+    if mode == "flip+crops":
+        height, width = images.shape[1:3]
+        h, w = max(1, round(height * CROP_SCALE)), max(1, round(width * CROP_SCALE))
+        corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h),
+                   ((width - w) // 2, (height - h) // 2)]
+        views += [np.stack([_resized(image[y:y + h, x:x + w], (width, height)) for image in images])
+                  if len(images) else images for x, y in corners]
+    return views
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One image resized to `size` (width, height) with the decoder's filter (Pillow's bilinear,
+    as tlcli.images resizes): uint8 as RGB, any other dtype channel by channel in float32."""
+    from PIL import Image
+
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BILINEAR))
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
+        size, Image.BILINEAR)) for c in range(image.shape[-1])]
+    return np.stack(channels, axis=-1).astype(image.dtype)
 
 
 def latency(runner: Runner, images: np.ndarray, samples: int = LATENCY_SAMPLES) -> float:
