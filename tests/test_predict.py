@@ -180,10 +180,67 @@ def test_no_run_at_all_is_exit_2(cli, images, tmp_path):
     assert result.exit_code == 2 and "no finished run" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["--format", "xml"], ["--top-k", "0"], ["--batch-size", "0"]])
+@pytest.mark.parametrize("args", [["--format", "xml"], ["--top-k", "0"], ["--batch-size", "0"],
+                                  ["--tta", "mirror"], ["--min-confidence", "1.5"], ["--min-confidence", "-0.1"]])
 def test_bad_flags_are_exit_2(cli, trained_run, images, args):
     result = cli(["predict", images / "dark", "--model", trained_run, *args])
     assert result.exit_code == 2 and result.stderr.startswith("Error:")
+    assert args[0] in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tta_flip_averages_the_model_on_the_image_and_its_mirror(cli, trained_run, images):
+    """The probabilities are the mean of the Keras model's on each image and on its mirror, run here."""
+    from tlcli.data import load_image
+
+    paths = sorted((images / "striped").glob("*"))
+    result = cli(["predict", images / "striped", "--model", trained_run, "-f", "json", "--top-k", "3", "--tta", "flip"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["path"]).name: r for r in _json(result)}
+    batch = np.stack([load_image(p, image_size_of(trained_run)) for p in paths]).astype(np.float32)
+    model = classifier_of(trained_run)
+    expected = (np.asarray(model(batch, training=False)) + np.asarray(model(np.flip(batch, axis=2), training=False))) / 2
+    labels = (trained_run / "labels.txt").read_text().split()
+    for path, probs in zip(paths, expected):
+        got = {t["label"]: t["confidence"] for t in rows[path.name]["top_k"]}
+        assert got == pytest.approx(dict(zip(labels, probs.tolist())), abs=1e-5)
+
+
+def test_below_min_confidence_the_label_is_unknown_and_the_top_k_stay(cli, trained_run, images, tmp_path):
+    plain = _json(cli(["predict", images, "--model", trained_run, "-f", "json", "-q"]))
+    confidences = sorted(r["confidence"] for r in plain)
+    # Between two confidences near the median, far apart enough that rounding cannot cross it.
+    low, high = next((a, b) for a, b in zip(confidences[len(confidences) // 3:], confidences[len(confidences) // 3 + 1:])
+                     if b - a > 1e-4)
+    threshold = (low + high) / 2
+    result = cli(["predict", images, "--model", trained_run, "-f", "json", "-q", "--min-confidence", threshold])
+    assert result.exit_code == 0, result.output
+    rows = _json(result)
+    assert [r["label"] for r in rows] == ["unknown" if r["confidence"] < threshold else r["label"] for r in plain]
+    assert 0 < sum(r["label"] == "unknown" for r in rows) < len(rows)
+    assert [(r["confidence"], r["top_k"]) for r in rows] == [(r["confidence"], r["top_k"]) for r in plain]
+    output = tmp_path / "out.csv"
+    cli(["predict", images, "--model", trained_run, "-o", output, "-q", "--min-confidence", threshold])
+    written = list(csv.DictReader(io.StringIO(output.read_text())))
+    assert [(r["label"], r["top1_label"]) for r in written] == [(r["label"], r["top_k"][0]["label"]) for r in rows]
+
+
+def test_min_confidence_is_a_strict_bound():
+    from tlcli.predict import result_row
+
+    probs = np.array([0.3, 0.6, 0.1])
+    assert result_row("a.jpg", probs, ["x", "y", "z"], 2, min_confidence=0.6)["label"] == "y"
+    row = result_row("a.jpg", probs, ["x", "y", "z"], 2, min_confidence=0.6000001)
+    assert row["label"] == "unknown" and row["confidence"] == 0.6
+    assert row["top_k"] == [{"label": "y", "confidence": 0.6}, {"label": "x", "confidence": 0.3}]
+    assert result_row("a.jpg", probs, ["x", "y", "z"], 2)["label"] == "y"
+
+
+def test_a_class_named_unknown_and_min_confidence_is_exit_2(cli, tflite_model, images, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(tflite_model.parent, folder)
+    (folder / "labels.txt").write_text("bright\nunknown\nstriped\n")
+    result = cli(["predict", images / "dark", "--model", folder / tflite_model.name, "--min-confidence", "0.5"])
+    assert result.exit_code == 2 and "class named 'unknown'" in result.stderr
 
 
 def test_top_k_is_capped_at_the_number_of_classes(cli, trained_run, images):

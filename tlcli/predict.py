@@ -26,9 +26,10 @@ from tlcli.data import ImageError, expand_path, load_image
 from tlcli.errors import TlcliError
 from tlcli.fs import is_url
 from tlcli.rundir import ModelRef
-from tlcli.runtime import Runner, open_model
+from tlcli.runtime import Runner, open_model, with_tta
 
 FORMATS = ("table", "json", "csv")
+UNKNOWN = "unknown"  # predict --min-confidence: the label of an image the model is unsure of
 
 
 # ---------------------------------------------------------------- inputs
@@ -66,23 +67,28 @@ def expand_paths(args: list[str]) -> list[tuple[str, str | None]]:
 def classify(runner: Runner, paths: list, batch_size: int = 32, progress=None) -> tuple[np.ndarray, dict[int, str]]:
     """Probabilities for every file of `paths`, decoding the next batches while one is inferred.
 
-    Returns (probabilities (n, classes) with NaN rows for unreadable files, {index: reason}).
+    Returns (probabilities (n, classes) with NaN rows for unreadable files, {index: reason}); a
+    runner giving more per image (`TTARunner(average=False)`: (views, classes)) gives that per row.
     `progress(n)` is called as batches finish.
     """
     if batch_size < 1:
         raise TlcliError("--batch-size must be at least 1.")
-    probs = np.full((len(paths), len(runner.labels)), np.nan, np.float32)
+    probs = None
     errors: dict[int, str] = {}
     batches = _tf_batches if runner.uses_tensorflow else _thread_batches
     for indices, images, ok in batches(paths, runner.image_size, batch_size, errors):
         if ok.any():
             # Failed slots hold blank images: predicting them too keeps one batch shape throughout.
             out = runner.predict(images)
+            if probs is None:
+                probs = np.full((len(paths), *out.shape[1:]), np.nan, np.float32)
             probs[indices[ok]] = out[ok]
-            for i in indices[ok & ~np.isfinite(out).all(axis=1)]:
+            for i in indices[ok & ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)]:
                 errors[int(i)] = "the model's output is not a number (a broken model?)"
         if progress:
             progress(len(indices))
+    if probs is None:  # nothing readable
+        probs = np.full((len(paths), len(runner.labels)), np.nan, np.float32)
     return probs, errors
 
 
@@ -148,12 +154,13 @@ def _thread_batches(paths: list, size: int, batch_size: int, errors: dict, ahead
 
 
 def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: int = 32, console=None,
-                  quiet: bool = False) -> list[dict]:
+                  quiet: bool = False, tta: str | None = None, min_confidence: float | None = None) -> list[dict]:
     """Predict every image PATH names (files, folders, globs) with the model `ref`.
 
     Returns one dict per input, in input order:
     {"path", "label", "confidence", "top_k": [{"label", "confidence"}], "error"}; a file that
-    cannot be read has its `error` set and no label.
+    cannot be read has its `error` set and no label. `tta` (flip, flip+crops) averages over views
+    of each image (`tlcli.runtime.with_tta`); below `min_confidence` the label is UNKNOWN.
     """
     from rich.console import Console
 
@@ -162,7 +169,9 @@ def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: in
     if top_k < 1:
         raise TlcliError("--top-k must be at least 1.")
     items = expand_paths(args)
-    runner = open_model(ref)
+    runner = with_tta(open_model(ref), tta)
+    if min_confidence is not None and UNKNOWN in runner.labels:
+        raise TlcliError(f"the model has a class named '{UNKNOWN}': --min-confidence would make it ambiguous.")
     todo = [i for i, (_, problem) in enumerate(items) if problem is None]
     with make_progress(console or Console(stderr=True), quiet or len(todo) < 2) as progress:
         step = Step(progress, "Predicting")
@@ -177,15 +186,24 @@ def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: in
         if problem:
             results.append({"path": path, "label": None, "confidence": None, "top_k": [], "error": problem})
         else:
-            results.append(result_row(path, probs[rows_of[i]], runner.labels, top_k))
+            results.append(result_row(path, probs[rows_of[i]], runner.labels, top_k, min_confidence))
     return results
 
 
-def result_row(path: str, probs: np.ndarray, labels: list[str], top_k: int) -> dict:
-    """One prediction as the JSON row: best label, its confidence, and the top-k."""
+def result_row(path: str, probs: np.ndarray, labels: list[str], top_k: int,
+               min_confidence: float | None = None) -> dict:
+    """One prediction as the JSON row: best label, its confidence, and the top-k. Below
+    `min_confidence` the label is UNKNOWN; the confidence and top-k still say what the model thought."""
     order = np.argsort(-probs, kind="stable")[:top_k]
     top = [{"label": labels[j], "confidence": round(float(probs[j]), 6)} for j in order]
-    return {"path": path, "label": top[0]["label"], "confidence": top[0]["confidence"], "top_k": top, "error": None}
+    unsure = min_confidence is not None and float(probs[order[0]]) < min_confidence
+    return {"path": path, "label": UNKNOWN if unsure else top[0]["label"], "confidence": top[0]["confidence"],
+            "top_k": top, "error": None}
+
+
+def is_unknown(row: dict) -> bool:
+    """Whether a result row was labelled UNKNOWN by --min-confidence (its label is not its best class)."""
+    return not row["error"] and row["label"] != row["top_k"][0]["label"]
 
 
 def render(results: list[dict], fmt: str) -> str:
@@ -221,7 +239,9 @@ def results_table(results: list[dict]):
     from rich.text import Text
 
     failed = sum(1 for r in results if r["error"])
-    title = f"{len(results)} prediction(s)" + (f", {failed} failed" if failed else "")
+    unsure = sum(map(is_unknown, results))
+    title = (f"{len(results)} prediction(s)" + (f", {unsure} {UNKNOWN}" if unsure else "")
+             + (f", {failed} failed" if failed else ""))
     table = Table(title=title, title_justify="left")
     table.add_column("path", overflow="fold")
     table.add_column("label")
@@ -232,7 +252,8 @@ def results_table(results: list[dict]):
             table.add_row(Text(r["path"]), Text("error", style="bold red"), "", Text(r["error"], style="red"))
         else:
             top = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["top_k"])
-            table.add_row(Text(r["path"]), Text(r["label"], style="bold"), f"{r['confidence']:.3f}", Text(top))
+            table.add_row(Text(r["path"]), Text(r["label"], style="yellow" if is_unknown(r) else "bold"),
+                          f"{r['confidence']:.3f}", Text(top))
     return table
 
 
