@@ -18,13 +18,14 @@ import numpy as np
 from rich.console import Console
 
 from tlcli import fs
+from tlcli.calibration import ECE_BINS, calibration_report, reliability_bins
 from tlcli.data import SPLIT_NAMES, detect_layout, discover, load_folder
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
 from tlcli.predict import classify
 from tlcli.progress import Step, make_progress
 from tlcli.rundir import ModelRef, owning_run, write_csv, write_json
-from tlcli.runtime import open_model, run_batches
+from tlcli.runtime import TTARunner, open_model, run_batches
 
 SPLITS = (*SPLIT_NAMES, "all")
 _EPSILON = 1e-7  # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; so do we
@@ -232,10 +233,13 @@ class EvalResult:
 
 def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, output: str | Path | None = None,
              top_k: int = 3, batch_size: int = 32, max_errors: int = 16, console: Console | None = None,
-             quiet: bool = False, explain: bool = False) -> EvalResult:
+             quiet: bool = False, explain: bool = False, tta: str | None = None) -> EvalResult:
     """Evaluate the model `ref` on a split of DATA_DIR; write metrics.json, predictions.csv,
-    confusion_matrix.png and errors.png into `output` (default: see `default_output`).
-    `explain`: errors.png shows each mistake's Grad-CAM heatmap beside it (Keras models only)."""
+    confusion_matrix.png, reliability.png and errors.png into `output` (default: see
+    `default_output`). `explain`: errors.png shows each mistake's Grad-CAM heatmap beside it
+    (Keras models only). `tta` (flip, flip+crops): the figures are those of the probabilities
+    averaged over the views, and metrics.json's `tta` holds them without (the plain image is one
+    of the views, so one pass gives both)."""
     console = console or Console(stderr=True)
     if explain:  # fail before any work: Grad-CAM needs the Keras model
         from tlcli.explain import require_keras
@@ -249,14 +253,15 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
         raise TlcliError(f"'{data_dir}' is not a folder of images.")
     start = time.perf_counter()
     runner = open_model(ref)
+    views = TTARunner(runner, tta, average=False) if tta else runner  # (n, views, classes): plain first
     data = load_eval_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet)
     with make_progress(console, quiet) as progress:
-        step = Step(progress, "Predicting")
+        step = Step(progress, "Predicting" + (f" (TTA: {tta})" if tta else ""))
         step.start(len(data.paths))
         if data.images is not None:
-            probs, failed = run_batches(runner, data.images, batch_size, step.advance), {}
+            probs, failed = run_batches(views, data.images, batch_size, step.advance), {}
         else:
-            probs, failed = classify(runner, data.paths, batch_size, step.advance)
+            probs, failed = classify(views, data.paths, batch_size, step.advance)
         step.done()
     for note in data.notes:
         if not quiet:
@@ -269,6 +274,9 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
         raise TlcliError(f"no readable images in the {data.split} split of {data_dir}.")
     paths = [data.paths[i] for i in keep]
     y_true, probs = data.labels[keep], probs[keep]
+    n_views = probs.shape[1] if tta else 1
+    plain = probs[:, 0] if tta else None
+    probs = probs.mean(axis=1) if tta else probs
     metrics = compute_metrics(y_true, probs, runner.labels, top_k)
 
     out_dir = Path(output) if output else default_output(ref)
@@ -283,6 +291,8 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     report = {
         "model": str(ref.path), "kind": ref.kind, "data_dir": str(data_dir), "split": data.split,
         **metrics,
+        "calibration": calibration_figures(probs, y_true),
+        **({"tta": tta_figures(tta, n_views, plain, y_true, runner.labels, top_k)} if tta else {}),
         "n_skipped": len(skipped),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "worst_errors": [{"path": paths[i], "true": labels[y_true[i]], "predicted": labels[y_pred[i]],
@@ -293,9 +303,13 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     write_csv(out_dir / "predictions.csv", ["path", "true", "predicted", "confidence", "correct"],
               [[paths[i], labels[y_true[i]], labels[y_pred[i]], round(float(confidence[i]), 6),
                 int(y_pred[i] == y_true[i])] for i in range(len(paths))])
-    from tlcli.plots import plot_confusion_matrix
+    from tlcli.plots import plot_confusion_matrix, plot_reliability
 
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), labels, out_dir / "confusion_matrix.png")
+    calibration = report["calibration"]
+    plot_reliability(reliability_bins(probs, y_true), out_dir / "reliability.png",
+                     f"ECE {calibration['ece']:.3f}, Brier {calibration['brier']:.3f}: {calibration['verdict']}"
+                     + (f" (TTA: {tta})" if tta else ""))
 
     def pixels(i: int) -> np.ndarray:  # exactly what the model saw
         return data.images[keep[i]] if data.images is not None else load_image(paths[i], runner.image_size)
@@ -309,6 +323,22 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     _error_gallery(out_dir / "errors.png", wrong, pixels, captions, n_wrong=int((y_pred != y_true).sum()),
                    explained=explain)
     return EvalResult(report, out_dir)
+
+
+def calibration_figures(probs: np.ndarray, y_true: np.ndarray) -> dict:
+    """ECE (ECE_BINS bins), Brier score, NLL and verdict (`tlcli.calibration`), with the mean
+    confidence the verdict compares with the accuracy."""
+    return {**calibration_report(probs, y_true), "bins": ECE_BINS,
+            "mean_confidence": round(float(probs.max(axis=1).mean()), 5)}
+
+
+def tta_figures(mode: str, views: int, plain: np.ndarray, y_true: np.ndarray, labels: list[str], top_k: int) -> dict:
+    """What the plain image alone scores, beside the TTA figures at the top of metrics.json."""
+    m = compute_metrics(y_true, plain, labels, top_k)
+    calibration = calibration_report(plain, y_true)
+    return {"mode": mode, "views": views,
+            "without": {"accuracy": m["accuracy"], "top_k_accuracy": m["top_k_accuracy"], "loss": m["loss"],
+                        "ece": calibration["ece"], "brier": calibration["brier"]}}
 
 
 def _error_gallery(path: Path, wrong: list[int], pixels, captions: dict, n_wrong: int, explained: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""Pictures for people: training curves and image grids (matplotlib, headless)."""
+"""Pictures for people: training curves, image grids, confusion matrices and reliability
+diagrams (matplotlib, headless)."""
 
 from __future__ import annotations
 
@@ -113,4 +114,36 @@ def plot_error_gallery(images, captions: list[str], path: str | Path, title: str
             ax.set_title(captions[k], fontsize=8, color="darkred")
     if title:
         fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_reliability(bins: list[tuple], path: str | Path, title: str = "") -> None:
+    """A reliability diagram over a confidence histogram, from `calibration.reliability_bins` rows
+    (low, high, count, mean confidence, accuracy): accuracy per confidence bin against the
+    diagonal, the gap to each bin's mean confidence shaded; below, how many predictions each bin holds."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=(3, 1),
+                                      layout="constrained")
+    filled = [b for b in bins if b[2]]
+    width = bins[0][1] - bins[0][0] if bins else 1.0
+    lows = [b[0] for b in filled]
+    accuracy = [b[4] for b in filled]
+    confidence = [b[3] for b in filled]
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.bar(lows, accuracy, width=width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+    # The gap: from the accuracy up (over-confident) or down (under-confident) to the confidence.
+    top.bar(lows, [c - a for c, a in zip(confidence, accuracy)], bottom=accuracy, width=width, align="edge",
+            color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to mean confidence")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    if title:
+        top.set_title(title, fontsize=10)
+    bottom.bar([b[0] for b in bins], [b[2] for b in bins], width=width, align="edge", color="tab:grey",
+               edgecolor="white")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("images")
+    bottom.grid(alpha=0.3)
     _save(fig, path)

@@ -42,14 +42,20 @@ def train_summary(run_dir: Path, metrics: dict) -> Table:
 
 
 def predictions_summary(results: list[dict]) -> list:
-    """Images and mean confidence per predicted class, the first rows (and any that failed), and a hint."""
+    """Images and mean confidence per predicted class, then those labelled unknown (below
+    --min-confidence), the first rows (and any that failed), and a hint."""
     from rich.text import Text
 
-    from tlcli.predict import results_table
+    from tlcli.predict import is_unknown, results_table
 
     confidences: dict[str, list[float]] = {}
+    unsure: list[float] = []
     for r in results:
-        if not r["error"]:
+        if r["error"]:
+            continue
+        if is_unknown(r):
+            unsure.append(r["confidence"])
+        else:
             confidences.setdefault(r["label"], []).append(r["confidence"])
     failed = [r for r in results if r["error"]]
     summary = Table(title=f"{len(results)} predictions", title_justify="left")
@@ -57,6 +63,9 @@ def predictions_summary(results: list[dict]) -> list:
         summary.add_column(column, justify="left" if column == "predicted class" else "right")
     for label, values in sorted(confidences.items(), key=lambda item: (-len(item[1]), item[0])):
         summary.add_row(Text(label, style="bold"), str(len(values)), f"{sum(values) / len(values):.3f}")
+    if unsure:
+        summary.add_row(Text("(unknown: below --min-confidence)", style="yellow"), str(len(unsure)),
+                        f"{sum(unsure) / len(unsure):.3f}")
     if failed:
         summary.add_row(Text("(could not be read)", style="red"), str(len(failed)), "")
     later_failures = [r for r in results[FIRST_ROWS:] if r["error"]]
@@ -75,9 +84,19 @@ def evaluation_tables(m: dict) -> list[Table]:
     summary.add_column(justify="right")
     summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
     summary.add_row("data", escape(m["data_dir"]))
-    summary.add_row("accuracy", f"{m['accuracy']:.3f}")
+    tta = m.get("tta")
+    if tta:
+        summary.add_row(f"accuracy (TTA: {tta['mode']})", f"{m['accuracy']:.3f}")
+        summary.add_row("accuracy without TTA", f"{tta['without']['accuracy']:.3f}")
+    else:
+        summary.add_row("accuracy", f"{m['accuracy']:.3f}")
     summary.add_row(f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.3f}")
     summary.add_row("loss (cross-entropy)", f"{m['loss']:.3f}")
+    c = m["calibration"]
+    without = f" (without TTA {tta['without']['ece']:.3f})" if tta else ""
+    summary.add_row(f"ECE ({c['bins']} bins)", f"{c['ece']:.3f}{without}")
+    summary.add_row("Brier score", f"{c['brier']:.3f}")
+    summary.add_row("confidence", f"{c['verdict']} (mean {c['mean_confidence']:.3f})")
     summary.add_row("images (skipped)", f"{m['n_images']} ({m['n_skipped']})")
     classes = Table(title="Per class", title_justify="left")
     for column in ("class", "precision", "recall", "F1", "support"):
