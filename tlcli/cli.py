@@ -152,6 +152,9 @@ def augment_preview(
     out.print(f"Wrote {path}")
 
 
+Tta = Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: average the probabilities over the image and its mirror (flip), or also over 5 crops at 90% (flip+crops).", show_default=False)]
+
+
 def _load_model_ref(model: Optional[str], project: str):
     """Resolve --model and import TensorFlow only for the model kinds that need it (.tflite and
     .onnx do not)."""
@@ -173,6 +176,8 @@ def predict(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the results to this file instead of the terminal.", show_default=False)] = None,
     batch_size: BatchSize = 32,
     full: Annotated[bool, typer.Option("--full", help=f"Print every row of the table, even for more than {tables.SUMMARY_ABOVE} images.")] = False,
+    tta: Tta = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Label an image 'unknown' when its top probability is below this (0-1); its top-k are still listed.", show_default=False)] = None,
     quiet: Quiet = False,
 ):
     """Predict the class of images with a trained model (.keras, SavedModel, .tflite or .onnx).
@@ -182,9 +187,12 @@ def predict(
     predicted. JSON rows: {"path", "label", "confidence", "top_k": [{"label", "confidence"}], "error"}.
 
     In the terminal, more than a screenful of images gets a summary (images and mean confidence
-    per predicted class) and the first rows; --full, --format or --output give every row.
+    per predicted class, and how many are unknown) and the first rows; --full, --format or
+    --output give every row.
 
     Example: [bold]tlcli predict photos/ extra.jpg 'more/*.png' --format json -o predictions.json[/]
+
+    Example: [bold]tlcli predict photos/ --tta flip --min-confidence 0.6[/]
     """
     from tlcli.predict import FORMATS, format_for, predict_files, render, results_table
 
@@ -192,8 +200,13 @@ def predict(
     if fmt not in FORMATS:
         raise TlcliError(f"--format must be one of {', '.join(FORMATS)}; not '{fmt}'.")
     check_options(top_k=top_k, batch_size=batch_size)
+    if tta is not None:
+        check_options(tta=tta)
+    if min_confidence is not None:
+        check_options(min_confidence=min_confidence)
     ref = _load_model_ref(model, project)
-    results = predict_files(ref, paths, top_k=top_k, batch_size=batch_size, console=err, quiet=quiet)
+    results = predict_files(ref, paths, top_k=top_k, batch_size=batch_size, console=err, quiet=quiet, tta=tta,
+                            min_confidence=min_confidence)
     failed = sum(1 for r in results if r["error"])
     if output is not None:
         from tlcli.rundir import write_text
@@ -225,21 +238,27 @@ def evaluate(
     batch_size: BatchSize = 32,
     max_errors: Annotated[int, typer.Option(help="Misclassified images shown in errors.png.")] = 16,
     explain: Annotated[bool, typer.Option("--explain", help="Show each misclassified image's Grad-CAM heatmap beside it in errors.png (Keras models).")] = False,
+    tta: Tta = None,
     as_json: AsJson = False,
     quiet: Quiet = False,
 ):
-    """Measure a model on labelled images: accuracy, top-k accuracy, loss, per-class scores.
+    """Measure a model on labelled images: accuracy, top-k accuracy, loss, calibration, per-class scores.
 
     DATA_DIR has one folder per class, or train/ val/ (test/) folders; its classes must be the
-    model's. Writes metrics.json, predictions.csv, confusion_matrix.png and errors.png (the
-    most confident mistakes). The loss is plain cross-entropy, without training's label smoothing.
+    model's. Writes metrics.json, predictions.csv, confusion_matrix.png, reliability.png (how
+    far confidence is from accuracy) and errors.png (the most confident mistakes). The loss is
+    plain cross-entropy, without training's label smoothing. Calibration: the expected
+    calibration error (ECE, 15 bins), the Brier score, and whether the model is over- or
+    under-confident. With --tta, the accuracy with and without test-time augmentation.
     Works the same for .keras, SavedModel, .tflite and .onnx models, so they can be compared.
 
-    Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite[/]
+    Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite --tta flip[/]
     """
     check_options(top_k=top_k, batch_size=batch_size, max_errors=max_errors)
     if split is not None:
         check_options(split=split)
+    if tta is not None:
+        check_options(tta=tta)
     ref = _load_model_ref(model, project)
     if explain:
         from tlcli.explain import require_keras
@@ -248,15 +267,15 @@ def evaluate(
     from tlcli.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(data_dir, ref, split=split, output=output, top_k=top_k, batch_size=batch_size,
-                            max_errors=max_errors, console=err, quiet=quiet or as_json, explain=explain)
+                            max_errors=max_errors, console=err, quiet=quiet or as_json, explain=explain, tta=tta)
     if as_json:
         print(json.dumps({"out_dir": str(result.out_dir), **result.metrics}))
         return
     if not quiet:
         for table in tables.evaluation_tables(result.metrics):
             out.print(table)
-        out.print(f"Wrote metrics.json, predictions.csv, confusion_matrix.png, errors.png to {result.out_dir}",
-                  highlight=False)
+        out.print("Wrote metrics.json, predictions.csv, confusion_matrix.png, reliability.png, errors.png to "
+                  f"{result.out_dir}", highlight=False)
 
 
 @command()
@@ -354,6 +373,59 @@ def export(
     if result.failures:
         names = ", ".join(f"{c.file} ({c.agreement:.1%} < {c.min_agreement * 100:g}%)" for c in result.failures)
         raise TlcliError(f"below --min-agreement, kept for inspection: {names}", exit_code=1)
+
+
+@command()
+def check(
+    data_dir: Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; or a file list that --write-clean wrote.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Judge the labels by this model (a run folder, .keras, SavedModel, .tflite or .onnx) on its run's split, instead of a cross-validated fit.", show_default=False)] = None,
+    features: Annotated[str, typer.Option(help="Image features for near-duplicates and the label check: auto (mobilenet_v2's ImageNet features; none with --model), pixels (colour and texture statistics, no model), none, or a pretrained backbone's name.")] = "auto",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for check.json, duplicates.png and suspects.png (default: <run>/check with --model, else ./check).", rich_help_panel="Output", show_default=False)] = None,
+    write_clean: Annotated[Optional[Path], typer.Option(help="Write this list of the files to train on: all but the extra copies of duplicates, the likely label errors and unreadable files. `tlcli train LIST` takes it in place of DATA_DIR.", rich_help_panel="Output", show_default=False)] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="Validation fraction when DATA_DIR has no val/ folder, as training splits it (default: the --model run's, else 0.2).", rich_help_panel="Data", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of that split (default: the --model run's, else 0).", rich_help_panel="Data", show_default=False)] = None,
+    batch_size: BatchSize = 32,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
+):
+    """Find duplicates, train/val leakage, likely label errors and unhealthy files in DATA_DIR, before training.
+
+    Exact duplicates by content; near-duplicates (the same photo resized or re-encoded) by a
+    perceptual hash and backbone features; likely label errors by a cross-validated fit on
+    those features, or by --model; unreadable files, class counts, tiny or oblong images,
+    greyscale images and classes short of validation images. DATA_DIR is split as `tlcli train`
+    splits it, so a duplicate across train and val is leakage.
+
+    Writes check.json and contact sheets (duplicates.png, suspects.png: each image with its
+    path and labels); DATA_DIR is only read. --write-clean LIST writes the files to keep.
+
+    Example: [bold]tlcli check ./flowers --write-clean clean.txt && tlcli train clean.txt[/]
+    """
+    from tlcli.check import check_features, needs_tensorflow
+
+    check_options(batch_size=batch_size)
+    if val_split is not None:
+        check_options(val_split=val_split)
+    if seed is not None:
+        check_options(seed=seed)
+    check_features(features)
+    ref = None
+    if model is not None:
+        from tlcli.rundir import resolve_model
+
+        ref = resolve_model(model)
+    if needs_tensorflow(features, ref):
+        _import_tensorflow_quietly()
+    from tlcli.check import check_folder
+    from tlcli.check_report import summary
+
+    result = check_folder(data_dir, ref, features, val_split, seed, output, write_clean, batch_size, console=err,
+                          quiet=quiet or as_json)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    elif not quiet:
+        for part in summary(result):
+            out.print(part, highlight=False)
 
 
 def main():
