@@ -1,0 +1,407 @@
+"""`tlcli check`: duplicates, train/val leakage, likely label errors and folder health, before training.
+
+    find and split DATA_DIR as training does -> read image headers (sizes) -> one streamed decode
+    pass: perceptual hashes, grey flags, features (a backbone's, or cheap pixel statistics),
+    the --model's probabilities -> exact duplicates by content hash -> near-duplicates ->
+    likely label errors -> check.json, duplicates.png, suspects.png (tlcli.check_report)
+
+The user's files are only read. `quick_check` is the cheap part `tlcli train` runs: exact
+duplicates and leakage, by file sizes and content hashes, no decoding. Nothing here imports
+TensorFlow unless a backbone or a --model is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tlcli import check_report, fs, similarity, suspects
+from tlcli.data import SPLIT_NAMES, ImageFolder, detect_layout, find_folder, is_file_list, read_file_list
+from tlcli.errors import TlcliError
+from tlcli.images import decode_batches, printable_path
+
+TINY_SIDE = 64  # px: the shorter side below which little is left for a backbone (224 px) to see
+EXTREME_ASPECT = 3.0  # longer side / shorter side: squashed 3x into the square input
+IMBALANCE = 3.0  # largest class / smallest class (training images) worth a warning
+MIN_VAL = 5  # validation images per class below which its accuracy is noise
+PIXEL_SIZE = 64  # decode size when no backbone is used: pHash and pixel features need no more
+FEATURES = "auto"  # auto: mobilenet_v2 ImageNet features when its weights can be had, else none
+DEFAULT_BACKBONE = "mobilenet_v2"
+
+
+@dataclass
+class CheckResult:
+    """Everything `tlcli check` found; `to_dict()` is check.json."""
+
+    data_dir: str
+    class_names: list[str]
+    files: list[dict]  # per image: path, split, class
+    exact: list[dict]  # groups: {"kinds": [...], "members": [file index, ...]}
+    near: list[dict]  # groups as exact, plus "pairs": [[i, j, pHash bits, cosine or None], ...]
+    suspects: list[dict]  # {"index", "given", "likely", "p_given", "p_likely"}, surest first
+    health: dict
+    features: str  # what the label check used: a backbone, "pixels", "model: PATH", or "none"
+    unreadable: list[int] = field(default_factory=list)  # indices into files
+    drawn_from: str | None = None  # the folder val was drawn from by --val-split: "all", "train", or None
+    notes: list[str] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+    out_dir: Path | None = None
+    written: dict = field(default_factory=dict)  # {"check.json": path, ...}
+
+    def issues(self) -> list[str]:
+        """One line per kind of problem found, worst first; empty for a clean folder."""
+        lines = []
+        for name, groups in (("exact duplicate", self.exact), ("near-duplicate", self.near)):
+            for kind, what in (("leakage", "across splits (leakage)"), ("cross-class", "filed under two classes"),
+                               ("within-class", "within one class")):
+                n = sum(1 for g in groups if kind in g["kinds"])
+                if n:
+                    lines.append(f"{n} {name} group(s) {what}")
+        if self.suspects:
+            lines.append(f"{len(self.suspects)} likely label error(s)")
+        return lines + self.health["warnings"]
+
+    def to_dict(self) -> dict:
+        def members(group):
+            return {**group, "members": [self.files[i] for i in group["members"]]}
+
+        return {
+            "data_dir": self.data_dir, "classes": self.class_names, "n_images": len(self.files),
+            "issues": self.issues(), "features": self.features,
+            "exact_duplicates": [members(g) for g in self.exact],
+            "near_duplicates": [{**members(g), "pairs": [[self.files[i]["path"], self.files[j]["path"], d, c]
+                                                         for i, j, d, c in g["pairs"]]} for g in self.near],
+            "suspects": [{**self.files[s["index"]], **{k: v for k, v in s.items() if k not in ("index", "given")}}
+                         for s in self.suspects],
+            "health": self.health, "notes": self.notes, "seconds": self.seconds,
+            "out_dir": str(self.out_dir) if self.out_dir else None, "written": self.written,
+        }
+
+
+# ---------------------------------------------------------------- the cheap check for train
+
+
+def quick_check(data_dir, folder: ImageFolder | None = None) -> str | None:
+    """A one-line warning when DATA_DIR holds identical files (across splits: leakage), else None.
+
+    Content hashes only, and only of files whose size another file shares: no decoding. `folder`
+    is DATA_DIR already found (train has it); a folder on a URL is not checked (None).
+    """
+    folder = folder or find_folder(data_dir)
+    files = _files(folder)
+    if any(fs.is_url(f["path"]) for f in files):
+        return None
+    groups = [similarity.exact_group(files, g) for g in similarity.identical_files([f["path"] for f in files])]
+    if not groups:
+        return None
+    leaks = sum(1 for g in groups if "leakage" in g["kinds"])
+    what = f"{leaks} of them across train/val, which inflates the validation score" if leaks else \
+        "none across train/val"
+    return (f"{len(groups)} group(s) of identical image files in {data_dir} ({what}); "
+            f"see them with: tlcli check {data_dir}")
+
+
+# ---------------------------------------------------------------- the full check
+
+
+def check_folder(data_dir, model=None, features: str = FEATURES, val_split: float | None = None,
+                 seed: int | None = None, output=None, write_clean=None, batch_size: int = 32,
+                 console=None, quiet: bool = False) -> CheckResult:
+    """Check DATA_DIR (class folders, or train/ val/ test/) split as training would split it.
+
+    `model`: a ModelRef (rundir.resolve_model) whose probabilities judge the labels, and whose
+    run's val_split and seed are used unless given. `features`: "auto", "pixels", "none" or a
+    backbone name (ImageNet weights). Writes check.json and the contact sheets to `output`
+    (default: <run>/check with a model in a run, else ./check) and, with `write_clean`, the
+    list of files to keep (see check_report.write_clean_list).
+    """
+    from rich.console import Console
+
+    from tlcli.progress import Step, make_progress
+
+    started = time.perf_counter()
+    console = console or Console(stderr=True)
+    say = (lambda *a: None) if quiet else (lambda text: console.print(text, highlight=False))
+    run_config = _run_config(model)
+    val_split = float(run_config.get("val_split", 0.2)) if val_split is None else val_split
+    seed = int(run_config.get("seed", 0)) if seed is None else seed
+    folder = find_folder(data_dir, val_split, seed)
+    out_dir = check_report.output_folder(data_dir, output, model)
+    if write_clean is not None:
+        check_report.check_list_target(write_clean)
+    files = _files(folder)
+    paths = [f["path"] for f in files]
+    notes = list(folder.warnings)
+    seconds = {"find": time.perf_counter() - started}
+
+    embedder, embed_size, features, embeds = _embedder(features, model, notes, say)
+    runner = None
+    if model is not None:
+        from tlcli.runtime import open_model
+
+        runner = open_model(model)
+        features = f"model: {model.path}"
+    sizes = {embed_size or PIXEL_SIZE}
+    if runner is not None:
+        sizes = {runner.image_size} if embed_size is None else sizes | {runner.image_size}
+    seconds["load"] = time.perf_counter() - started - seconds["find"]
+
+    mark = time.perf_counter()
+    with ThreadPoolExecutor(min(16, (os.cpu_count() or 2) * 2)) as pool:
+        headers = list(pool.map(_header, paths))
+    seconds["headers"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    with make_progress(console, quiet) as progress:
+        step = Step(progress, "Checking")
+        step.start(len(paths))
+        decoded = _decode_pass(paths, sorted(sizes), embed_size, embedder, embeds, runner, batch_size,
+                               step.advance)
+        step.done(f"{len(decoded['failed'])} unreadable" if decoded["failed"] else "")
+    seconds["decode"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    exact = [similarity.exact_group(files, g) for g in similarity.identical_files(paths, skip=set(decoded["failed"]))]
+    near = similarity.near_groups(files, decoded["ok"], decoded["hashes"], decoded["embeddings"], exact)
+    seconds["duplicates"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    found = []
+    if runner is not None:
+        found = suspects.from_model(files, decoded["probs"], runner.labels, decoded["ok"], notes,
+                                    trained_on=_same_data(run_config.get("data_dir"), data_dir))
+    elif decoded["features"] is not None:
+        found = suspects.from_features(files, folder.class_names, decoded["features"], decoded["ok"], seed, notes)
+    seconds["labels"] = time.perf_counter() - mark
+
+    health = folder_health(folder, files, headers, decoded, val_split)
+    result = CheckResult(str(data_dir), folder.class_names, files, exact, near, found, health, features,
+                         sorted(decoded["failed"]), _drawn_from(data_dir), notes, seconds, out_dir)
+    mark = time.perf_counter()
+    check_report.write_outputs(result, write_clean)
+    seconds["write"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
+    result.seconds = {k: round(v, 2) for k, v in seconds.items()}
+    check_report.save_json(result)
+    return result
+
+
+def _run_config(model) -> dict:
+    """The config.json of the run `model` belongs to ({} when none): its split, its data."""
+    import json
+
+    from tlcli.rundir import owning_run
+
+    run = owning_run(model) if model is not None else None
+    try:
+        return json.loads((run / "config.json").read_text(encoding="utf-8")) if run is not None else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _same_data(a, b) -> bool:
+    if not a or fs.is_url(str(a)) or fs.is_url(str(b)):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _drawn_from(data_dir) -> str | None:
+    """Where find_folder drew the val split from: "all" (class folders), "train" (train/ without
+    val/), or None (val/ is a folder, or val lines in a file list)."""
+    data_dir = fs.as_path(data_dir)
+    splits = set(read_file_list(data_dir) if is_file_list(data_dir) else detect_layout(data_dir))
+    return "all" if "all" in splits else None if "val" in splits else "train"
+
+
+def _files(folder: ImageFolder) -> list[dict]:
+    """One row per image of every split, train first: path (as found), split, class."""
+    rows = []
+    for split in SPLIT_NAMES:
+        part = getattr(folder, split)
+        if part is not None:
+            rows += [{"path": p, "split": split, "class": folder.class_names[int(label)]}
+                     for p, label in zip(part.paths, part.labels)]
+    return rows
+
+
+def _header(path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding; None when Pillow cannot tell."""
+    import io
+
+    from PIL import Image
+
+    from tlcli.images import _quiet_pillow
+
+    try:
+        source = io.BytesIO(fs.read_bytes(path)) if fs.is_url(path) else path
+        with _quiet_pillow, Image.open(source) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - the decode pass says why a file is unreadable
+        return None
+
+
+def check_features(features: str) -> None:
+    """Refuse a --features value in one line, before anything is loaded."""
+    if features in ("auto", "pixels", "none"):
+        return
+    from tlcli.backbones import BACKBONES
+    from tlcli.errors import unknown_name
+
+    if features not in BACKBONES:
+        raise unknown_name("--features", features, [*BACKBONES, "auto", "pixels", "none"],
+                           "Use auto, pixels, none or a backbone (see `tlcli backbones`).")
+    if not BACKBONES[features].pretrained:
+        raise TlcliError(f"--features {features}: this backbone has no ImageNet weights; "
+                         f"use auto, pixels, none or a pretrained backbone (e.g. {DEFAULT_BACKBONE}).")
+
+
+def needs_tensorflow(features: str, model=None) -> bool:
+    """Whether checking with --features and `model` (a ModelRef or None) loads TensorFlow: for a
+    backbone, or a Keras or SavedModel model (a .tflite or .onnx runs without it)."""
+    backbone = features not in ("pixels", "none") and not (features == "auto" and model is not None)
+    return backbone or (model is not None and model.kind in ("keras", "savedmodel"))
+
+
+def _embedder(features: str, model, notes: list[str], say):
+    """(images -> feature rows, decode size, name, whether they are a backbone's embeddings)."""
+    auto = features == "auto"
+    if auto:
+        features = "none" if model is not None else DEFAULT_BACKBONE
+    if features == "none":
+        return None, None, "none", False
+    if features == "pixels":
+        return similarity.pixel_features, PIXEL_SIZE, "pixels", False
+    from tlcli.backbones import get_spec
+
+    check_features(features)
+    spec = get_spec(features)
+    say(f"Image features: {features} (ImageNet), {spec.default_size} px")
+    try:
+        embed = _backbone_embedder(features, spec.default_size)
+    except TlcliError as error:
+        if not auto:
+            raise
+        found = re.search(r"put (\S+) in (\S+) ", str(error))
+        missing = f"put {found.group(1)} in {found.group(2)}" if found else str(error).rstrip(".")
+        notes.append(f"no ImageNet weights for {features}, so no label check and near-duplicates by pHash only "
+                     f"({missing}; or use --model RUN, or --features pixels).")
+        return None, None, "none", False
+    return embed, spec.default_size, features, True
+
+
+def _backbone_embedder(name: str, size: int):
+    """uint8 images (n, size, size, 3) -> the backbone's pooled features, as one traced function."""
+    import tensorflow as tf
+
+    from tlcli.model import build_classifier, feature_model
+    from tlcli.progress import quiet_native_output
+
+    with quiet_native_output():  # Keras prints "Downloading data from …" on stdout, --json's channel
+        model = feature_model(build_classifier(name, 2, size, "imagenet"))
+    spec = tf.TensorSpec((None, size, size, 3), tf.uint8)
+    run = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), input_signature=[spec])
+    return lambda images: run(images).numpy()
+
+
+def _decode_pass(paths: list, sizes: list[int], embed_size, embedder, embeds: bool, runner, batch_size: int,
+                 advance) -> dict:
+    """Decode every file once per size needed, streamed in parallel, and keep per image: its
+    pHash, whether it is grey, its features and the model's probabilities."""
+    n = len(paths)
+    out = {"ok": np.zeros(n, bool), "failed": {}, "hashes": np.zeros(n, np.uint64), "grey": np.zeros(n, bool),
+           "features": None, "embeddings": None, "probs": None}
+    streams = [decode_batches(paths, size, batch_size) for size in sizes]
+    for batches in zip(*streams):
+        for _, _, failures in batches:
+            for i, reason in failures:
+                out["failed"].setdefault(i, reason)
+        # A file replaced between the reads of two sizes may fail in one: it is left out of both.
+        common = sorted(set.intersection(*(set(indices) for indices, _, _ in batches)) - set(out["failed"]))
+        images = {}
+        for size, (indices, decoded, _) in zip(sizes, batches):
+            position = {i: k for k, i in enumerate(indices)}
+            images[size] = decoded[[position[i] for i in common]]
+        first = images[sizes[0]]
+        out["ok"][common] = True
+        out["hashes"][common] = similarity.phash(first)
+        out["grey"][common] = similarity.grey_flags(first)
+        if embedder is not None and common:
+            rows = np.asarray(embedder(images[embed_size]), np.float32)
+            if out["features"] is None:
+                out["features"] = np.zeros((n, rows.shape[1]), np.float32)
+            out["features"][common] = rows
+        if runner is not None and common:
+            probs = np.asarray(runner.predict(images[runner.image_size]), np.float32)
+            if out["probs"] is None:
+                out["probs"] = np.full((n, probs.shape[1]), np.nan, np.float32)
+            out["probs"][common] = probs
+        advance(len(batches[0][0]) + len(batches[0][2]))
+    if embeds:
+        out["embeddings"] = out["features"]
+    return out
+
+
+# ---------------------------------------------------------------- folder health
+
+
+def folder_health(folder: ImageFolder, files: list[dict], headers: list, decoded: dict, val_split: float) -> dict:
+    """Class counts per split, imbalance, unreadable files, tiny and oddly shaped images, grey
+    images and classes short of validation images; "warnings" has one line for each problem."""
+    ok, warnings = decoded["ok"], []
+    counts = {name: {split: 0 for split in SPLIT_NAMES if getattr(folder, split) is not None}
+              for name in folder.class_names}
+    for i, f in enumerate(files):
+        counts[f["class"]][f["split"]] += int(ok[i])
+    unreadable = [{"path": printable_path(files[i]["path"]), "reason": reason}
+                  for i, reason in sorted(decoded["failed"].items())]
+    if unreadable:
+        warnings.append(f"{len(unreadable)} unreadable file(s), which training skips")
+
+    train = {name: c["train"] for name, c in counts.items()}
+    largest, smallest = max(train, key=train.get), min(train, key=train.get)
+    imbalance = train[largest] / max(train[smallest], 1)
+    if imbalance > IMBALANCE:
+        warnings.append(f"imbalanced classes: {largest} has {train[largest]} training images, "
+                        f"{smallest} {train[smallest]} (--class-weights auto, the default, compensates)")
+
+    tiny, oblong = [], []
+    for i, size in enumerate(headers):
+        if size is None or not ok[i]:
+            continue
+        short, long = min(size), max(size)
+        row = {"path": printable_path(files[i]["path"]), "width": size[0], "height": size[1]}
+        if short < TINY_SIDE:
+            tiny.append(row)
+        if long > EXTREME_ASPECT * max(short, 1):
+            oblong.append(row)
+    if tiny:
+        warnings.append(f"{len(tiny)} tiny image(s), under {TINY_SIDE} px on the shorter side")
+    if oblong:
+        warnings.append(f"{len(oblong)} image(s) more than {EXTREME_ASPECT:g} times as long as wide "
+                        "(squashed into the square input)")
+
+    grey = {name: 0 for name in folder.class_names}
+    for i, f in enumerate(files):
+        grey[f["class"]] += int(ok[i] and decoded["grey"][i])
+    totals = {name: sum(c.values()) for name, c in counts.items()}
+    n_grey, n_ok = sum(grey.values()), int(ok.sum())
+    for name in folder.class_names:
+        rest = (n_grey - grey[name]) / max(n_ok - totals[name], 1)
+        if totals[name] and grey[name] / totals[name] - rest > 0.25:
+            warnings.append(f"{grey[name]} of {totals[name]} {name} images are greyscale, against {rest:.0%} "
+                            "of the others: colour alone may tell the class")
+
+    few_val = {name: c.get("val", 0) for name, c in counts.items() if c.get("val", 0) < MIN_VAL}
+    if few_val:
+        shown = ", ".join(f"{name} ({n})" for name, n in few_val.items())
+        warnings.append(f"{len(few_val)} class(es) with under {MIN_VAL} validation images: {shown}")
+    return {"classes": counts, "imbalance": round(imbalance, 2), "unreadable": unreadable, "tiny": tiny,
+            "extreme_aspect": oblong, "grey": {"count": n_grey, "share": round(n_grey / max(n_ok, 1), 4),
+                                                "by_class": grey},
+            "few_val": few_val, "val_split": val_split,
+            "warnings": warnings}

@@ -1,0 +1,236 @@
+"""What `tlcli check` writes and prints: check.json, the contact sheets, the clean file list and
+the summary tables. Pillow and rich only; the findings come from `tlcli.check`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tlcli import fs
+from tlcli.data import FILE_LIST_HEADER, SPLIT_NAMES
+from tlcli.errors import TlcliError
+from tlcli.images import ImageError, printable_path
+from tlcli.overlay import SHEET_TILE, contact_sheet, load_original
+from tlcli.rundir import owning_run, write_json, write_text
+
+JSON, DUPLICATES, SUSPECTS = "check.json", "duplicates.png", "suspects.png"
+SHEET_MAX = 64  # images on a contact sheet at most; check.json lists them all
+
+
+def output_folder(data_dir, output, model=None) -> Path:
+    """--output, or <run>/check for a --model in a run folder, or ./check; created. Never inside
+    DATA_DIR: its pictures would be taken for images of a class."""
+    if output is None:
+        run = owning_run(model) if model is not None else None
+        output = run / "check" if run is not None else Path("check")
+    out = Path(output)
+    if not fs.is_url(str(data_dir)) and os.path.isdir(data_dir):
+        data, target = os.path.realpath(data_dir), os.path.realpath(out)
+        if os.path.commonpath([data, target]) == data:
+            raise TlcliError(f"the output folder '{out}' is inside DATA_DIR, where its pictures would be taken "
+                             "for images of a class: choose another with --output.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TlcliError(f"cannot create '{out}': {error.strerror or error}.") from None
+    return out
+
+
+def write_outputs(result, write_clean=None) -> None:
+    """The contact sheets (a stale one from an earlier check is removed when there is nothing to
+    show) and, when asked, the clean list. check.json is written last, by `save_json`."""
+    for name, tiles in ((DUPLICATES, duplicate_tiles(result)), (SUSPECTS, suspect_tiles(result))):
+        path = result.out_dir / name
+        if tiles:
+            note = f"first {SHEET_MAX} of {len(tiles)} images; {JSON} lists them all" if len(tiles) > SHEET_MAX else ""
+            contact_sheet([(_thumbnail(file), lines) for file, lines in tiles[:SHEET_MAX]], path, note)
+            result.written[name] = str(path)
+        elif path.is_file() and (result.out_dir / JSON).is_file():  # ours, from an earlier check
+            path.unlink()
+    if write_clean is not None:
+        result.written["clean_list"] = str(write_clean_list(result, write_clean))
+
+
+def save_json(result) -> Path:
+    path = result.out_dir / JSON
+    result.written[JSON] = str(path)
+    write_json(path, result.to_dict())
+    return path
+
+
+# ---------------------------------------------------------------- contact sheets
+
+
+def _shown_path(path: str, data_dir: str) -> str:
+    """A file's path relative to DATA_DIR when inside it: the part that tells images apart."""
+    if not fs.is_url(path) and os.path.isdir(data_dir):
+        relative = os.path.relpath(path, data_dir)
+        if not relative.startswith(".."):
+            return printable_path(relative)
+    return printable_path(path)
+
+
+def _thumbnail(path: str) -> np.ndarray:
+    try:
+        return load_original(path, SHEET_TILE)
+    except ImageError:  # unreadable now, or a URL: a grey square keeps the caption in its place
+        return np.full((SHEET_TILE // 2, SHEET_TILE // 2, 3), 200, np.uint8)
+
+
+def duplicate_tiles(result) -> list[tuple[str, list[str]]]:
+    """(file, caption) for each member of each duplicate group: exact groups first, leakage
+    first within each; the caption says the group's number, how and where."""
+    order = {"leakage": 0, "cross-class": 1, "within-class": 2}
+    groups = [("exact", g) for g in result.exact] + [("near", g) for g in result.near]
+    groups.sort(key=lambda item: (item[0] != "exact", min(order[k] for k in item[1]["kinds"])))
+    tiles = []
+    for number, (how, group) in enumerate(groups, 1):
+        for i in group["members"]:
+            f = result.files[i]
+            tiles.append((f["path"], [_shown_path(f["path"], result.data_dir), f"{f['split']}: {f['class']}",
+                                      f"#{number} {how}, {', '.join(group['kinds'])}"]))
+    return tiles
+
+
+def suspect_tiles(result) -> list[tuple[str, list[str]]]:
+    """(file, caption) for each likely label error, surest first: the class it is filed under
+    and the likely one, with their probabilities."""
+    tiles = []
+    for s in result.suspects:
+        f = result.files[s["index"]]
+        tiles.append((f["path"], [_shown_path(f["path"], result.data_dir), f"filed: {s['given']} {s['p_given']:.0%}",
+                                  f"likely: {s['likely']} {s['p_likely']:.0%}"]))
+    return tiles
+
+
+# ---------------------------------------------------------------- the clean list
+
+
+def left_out(result) -> dict[int, str]:
+    """{file index: why} of the files the clean list leaves out: unreadable ones, likely label
+    errors, every copy of a picture filed under two classes, and all copies but one of any
+    other duplicate (the one in train/, else val/: the validation images lose the copy)."""
+    why = {i: "unreadable" for i in result.unreadable}
+    rank = {split: k for k, split in enumerate(SPLIT_NAMES)}
+    for how, groups in (("exact", result.exact), ("near", result.near)):
+        for group in groups:
+            members = group["members"]
+            if "cross-class" in group["kinds"]:
+                for i in members:
+                    why.setdefault(i, f"{how} duplicate filed under two classes")
+                continue
+            keep = min(members, key=lambda i: (rank[result.files[i]["split"]], i))
+            for i in members:
+                if i != keep:
+                    why.setdefault(i, f"{how} duplicate of {printable_path(result.files[keep]['path'])}")
+    for s in result.suspects:
+        why.setdefault(s["index"], f"likely label error: looks like {s['likely']}")
+    return why
+
+
+def check_list_target(path) -> Path:
+    """--write-clean's file, refused in one line when it exists and is not a tlcli file list
+    (an image of the user's, say): checked before the work, and again before writing."""
+    path = Path(path)
+    if path.exists():
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                ours = f.readline().startswith(FILE_LIST_HEADER)
+        except OSError:
+            ours = False
+        if not ours:
+            raise TlcliError(f"--write-clean: '{path}' exists and is not a tlcli file list; not overwritten.")
+    return path
+
+
+def write_clean_list(result, path) -> Path:
+    """The files to train on, one a line as `split<TAB>class<TAB>path` (tlcli.data reads it in
+    place of DATA_DIR): every file but those `left_out` says; absolute paths. Only a missing file
+    or an earlier file list is overwritten."""
+    path = check_list_target(path)
+    dropped = left_out(result)
+    # A val split drawn by --val-split goes back to the folder it was drawn from: train re-draws it.
+    drawn = {"val": result.drawn_from} if result.drawn_from else {}
+    lines, unlistable = [], 0
+    for i, f in enumerate(result.files):
+        if i in dropped:
+            continue
+        name = f["path"] if fs.is_url(f["path"]) else os.path.abspath(f["path"])
+        if "\t" in name or "\n" in name or "\r" in name or "\t" in f["class"]:
+            unlistable += 1
+            continue
+        split = "all" if result.drawn_from == "all" else drawn.get(f["split"], f["split"])
+        lines.append(f"{split}\t{f['class']}\t{name}")
+    reasons: dict[str, int] = {}
+    for why in dropped.values():
+        key = why.split(" of ")[0].split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    summary = ", ".join(f"{key} {n}" for key, n in sorted(reasons.items())) or "nothing"
+    header = [f"{FILE_LIST_HEADER}: split<TAB>class<TAB>path, one image a line; `tlcli train` takes this file "
+              "in place of DATA_DIR",
+              f"# written by tlcli check {printable_path(result.data_dir)} on {time.strftime('%Y-%m-%d %H:%M')}: "
+              f"{len(lines)} of {len(result.files)} images; left out: {summary}"]
+    if unlistable:
+        header.append(f"# {unlistable} file(s) whose names hold a tab or line break could not be listed")
+    write_text(path, "\n".join(header + lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- the terminal
+
+
+def summary(result) -> list:
+    """What `tlcli check` prints (rich renderables and markup lines): the findings, images per
+    class, the surest suspects, each problem in a line, notes, and what was written where."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"Check of {result.data_dir}: {len(result.files)} images, "
+                               f"{len(result.class_names)} classes"), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for name, groups in (("exact duplicates", result.exact), ("near-duplicates", result.near)):
+        kinds = {k: sum(1 for g in groups if k in g["kinds"]) for k in ("leakage", "cross-class", "within-class")}
+        detail = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        table.add_row(name, f"{len(groups)} group(s)" + (f" ({detail})" if detail else ""))
+    judged = "not checked" if result.features == "none" else f"{len(result.suspects)}"
+    table.add_row("likely label errors", f"{judged}  [dim](by {escape(result.features)})[/]")
+    h = result.health
+    table.add_row("unreadable files", str(len(h["unreadable"])))
+    table.add_row("tiny / oblong images", f"{len(h['tiny'])} / {len(h['extreme_aspect'])}")
+    table.add_row("greyscale images", f"{h['grey']['count']} ({h['grey']['share']:.0%})")
+    table.add_row("imbalance (largest / smallest class)", f"{h['imbalance']:g}")
+    table.add_row("seconds", f"{result.seconds.get('total', 0):.1f}")
+
+    classes = Table(title="Images per class (readable)", title_justify="left")
+    splits = list(next(iter(h["classes"].values())))
+    for column in ["class", *splits, "grey"]:
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    for name, counts in h["classes"].items():
+        classes.add_row(escape(name), *(str(counts[s]) for s in splits), str(h["grey"]["by_class"][name]))
+    parts = [table, classes]
+    if result.suspects:
+        worst = Table(title=f"Surest likely label errors (all {len(result.suspects)} in {JSON})", title_justify="left")
+        for column in ("file", "filed under", "likely"):
+            worst.add_column(column, overflow="fold")
+        for s in result.suspects[:10]:
+            worst.add_row(escape(_shown_path(result.files[s["index"]]["path"], result.data_dir)),
+                          f"{escape(s['given'])} {s['p_given']:.0%}", f"{escape(s['likely'])} {s['p_likely']:.0%}")
+        parts.append(worst)
+    for issue in result.issues():
+        parts.append(f"[yellow]*[/] {escape(issue)}")
+    if not result.issues():
+        parts.append("[green]No duplicates, likely label errors or other problems found.[/]")
+    for note in result.notes:
+        parts.append(f"[dim]note:[/] {escape(note)}")
+    pictures = [name for name in (DUPLICATES, SUSPECTS) if name in result.written]
+    parts.append(escape(f"Wrote {', '.join([JSON] + pictures)} to {result.out_dir}"))
+    if "clean_list" in result.written:
+        kept = len(result.files) - len(left_out(result))
+        parts.append(escape(f"Wrote {result.written['clean_list']}: {kept} of {len(result.files)} images; "
+                            f"train on it with: tlcli train {result.written['clean_list']}"))
+    return parts
