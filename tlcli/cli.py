@@ -392,9 +392,11 @@ def check(
 
     Exact duplicates by content; near-duplicates (the same photo resized or re-encoded) by a
     perceptual hash and backbone features; likely label errors by a cross-validated fit on
-    those features, or by --model; unreadable files, class counts, tiny or oblong images,
-    greyscale images and classes short of validation images. DATA_DIR is split as `tlcli train`
-    splits it, so a duplicate across train and val is leakage.
+    those features, or by --model. DATA_DIR is split as `tlcli train` splits it, so a
+    duplicate across train and val is leakage.
+
+    Also: unreadable files, class counts, tiny or oblong images, greyscale images, classes
+    short of validation images.
 
     Writes check.json and contact sheets (duplicates.png, suspects.png: each image with its
     path and labels); DATA_DIR is only read. --write-clean LIST writes the files to keep.
