@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ from conftest import CLASSES, FLOWERS, make_folder, requires_flowers
 from test_onnx_format import requires_onnx
 from test_runtime import convert_tflite, export_savedmodel, lone_onnx, lone_tflite, make_export_folder
 
-OUTPUTS = ("metrics.json", "predictions.csv", "confusion_matrix.png", "errors.png")
+OUTPUTS = ("metrics.json", "predictions.csv", "confusion_matrix.png", "reliability.png", "errors.png")
 
 
 # ---------------------------------------------------------------- metrics by hand
@@ -107,6 +111,90 @@ def test_evaluate_writes_outputs_and_agrees_with_a_hand_computation(cli, run, tm
     assert matrix.sum() == 6 and np.trace(matrix) == int(np.sum(probs.argmax(1) == y))
     wrong = int(np.sum(probs.argmax(1) != y))
     assert len(m["worst_errors"]) == wrong
+    _check_calibration(m["calibration"], probs, y)
+    assert (run / "eval" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _hand_ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Equal-width confidence bins (0, 1/15], (1/15, 2/15], …: |accuracy - confidence| weighted by size."""
+    confidence, correct = probs.max(1), probs.argmax(1) == y
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    return sum(np.mean(which == b) * abs(correct[which == b].mean() - confidence[which == b].mean())
+               for b in range(bins) if np.any(which == b))
+
+
+def _check_calibration(c: dict, probs: np.ndarray, y: np.ndarray) -> None:
+    """metrics.json's calibration against the textbook formulas, computed here."""
+    assert c["bins"] == 15
+    assert c["ece"] == pytest.approx(_hand_ece(probs, y), abs=1e-5)
+    assert c["brier"] == pytest.approx(np.mean(np.sum((probs - np.eye(probs.shape[1])[y]) ** 2, axis=1)), abs=1e-5)
+    gap = probs.max(1).mean() - np.mean(probs.argmax(1) == y)
+    assert c["mean_confidence"] == pytest.approx(probs.max(1).mean(), abs=1e-5)
+    assert c["verdict"] == ("well calibrated" if abs(gap) <= 0.02 else "over-confident" if gap > 0 else "under-confident")
+
+
+class _Unsure:
+    """A runner stand-in whose confidences spread over many bins, right and wrong: the evidence
+    of brightness and stripes, plus a fixed random projection of a few noisy pixels."""
+
+    labels, image_size, uses_tensorflow = list(CLASSES), 32, False
+
+    def predict(self, images):
+        x = np.asarray(images, np.float64) / 255
+        brightness, stripes = x.mean(axis=(1, 2, 3)), x.mean(axis=(1, 3)).std(axis=1)
+        evidence = np.stack([(brightness - 0.5) * 4, (0.5 - brightness) * 4, stripes * 8], axis=1)
+        noisy = x[:, 0, :6].reshape(len(x), -1) - brightness[:, None]
+        logits = evidence + noisy @ np.random.default_rng(1).normal(0, 10, (18, 3))
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_calibration_figures_are_the_textbook_ones_on_a_model_unsure_of_itself(tmp_path, monkeypatch):
+    """With right and wrong answers in different confidence bins, so that the 15 bins matter."""
+    import tlcli.evaluate
+    from tlcli.images import load_image
+    from tlcli.rundir import ModelRef
+
+    monkeypatch.setattr(tlcli.evaluate, "open_model", lambda ref: _Unsure())
+    data = make_folder(tmp_path / "data", per_class=6, seed=2)
+    ref = ModelRef("keras", tmp_path / "model.keras", list(CLASSES), 32, None)
+    m = tlcli.evaluate.evaluate(data, ref, output=tmp_path / "ev", quiet=True).metrics
+    paths = sorted(data.rglob("*.*"))
+    y = np.array([CLASSES.index(p.parent.name) for p in paths])
+    probs = _Unsure().predict(np.stack([load_image(p, 32) for p in paths]))
+    _check_calibration(m["calibration"], probs, y)
+    one_bin = abs(probs.max(1).mean() - np.mean(probs.argmax(1) == y))
+    assert abs(_hand_ece(probs, y) - one_bin) > 0.1 and 0 < m["accuracy"] < 1
+
+
+def test_tta_flip_reports_the_figures_with_and_without_it(cli, run, tmp_path):
+    """With --tta flip: the figures of the mean of the model on each image and its mirror, and
+    under tta.without those of the image alone, all computed here."""
+    from tlcli.images import load_image
+    from tlcli.model import load_classifier
+
+    data = make_folder(tmp_path / "tiny", per_class=3, seed=11)
+    result = cli(["evaluate", data, "--model", run, "-o", tmp_path / "ev", "--tta", "flip"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy (TTA: flip)" in result.stdout and "accuracy without TTA" in result.stdout
+    m = _metrics(tmp_path / "ev")
+    labels = (run / "labels.txt").read_text().split()
+    paths = sorted(data.rglob("*.*"))
+    y = np.array([labels.index(p.parent.name) for p in paths])
+    batch = np.stack([load_image(p, json.loads((run / "config.json").read_text())["image_size"]) for p in paths])
+    model = load_classifier(run / "model.keras")
+    plain = np.asarray(model(batch.astype("float32"), training=False))
+    mirrored = np.asarray(model(np.flip(batch, axis=2).astype("float32"), training=False))
+    averaged = (plain + mirrored) / 2
+    assert m["tta"]["mode"] == "flip" and m["tta"]["views"] == 2
+    assert m["accuracy"] == pytest.approx(np.mean(averaged.argmax(1) == y))
+    assert m["loss"] == pytest.approx(np.mean(-np.log(averaged[np.arange(len(y)), y])), rel=1e-4)
+    _check_calibration(m["calibration"], averaged, y)
+    without = m["tta"]["without"]
+    assert without["accuracy"] == pytest.approx(np.mean(plain.argmax(1) == y))
+    assert without["loss"] == pytest.approx(np.mean(-np.log(plain[np.arange(len(y)), y])), rel=1e-4)
+    assert without["ece"] == pytest.approx(_hand_ece(plain, y), abs=1e-5)
+    assert abs(m["loss"] - without["loss"]) > 1e-4  # the mirror changed something: both really were run
 
 
 def test_val_split_of_a_class_folder_reproduces_training_val_accuracy(cli, run, image_folder, tmp_path):
@@ -253,6 +341,33 @@ def test_a_data_dir_in_a_bucket_evaluates_like_its_local_copy(cli, run, image_fo
         assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
         paths = [row.split(",")[0] for row in (tmp_path / "r" / "predictions.csv").read_text().splitlines()[1:]]
         assert paths and all(p.startswith(url + "/") for p in paths), split
+
+
+def test_a_tflite_evaluates_with_tta_and_calibration_without_importing_tensorflow(cli, run, tmp_path):
+    """In a fresh process: flip+crops TTA, ECE and reliability.png on a .tflite, with no TensorFlow;
+    the same figures as the Keras model's with the same TTA."""
+    data = make_folder(tmp_path / "data", per_class=3, seed=5)
+    keras_result = cli(["evaluate", data, "--model", run, "--json", "-o", tmp_path / "ev_keras", "--tta", "flip+crops"])
+    expected = json.loads(keras_result.stdout)
+    lone = lone_tflite(run, tmp_path / "alone")
+    script = textwrap.dedent("""
+        import json, sys
+        from tlcli.cli import app
+        try:
+            app(["evaluate", sys.argv[1], "--model", sys.argv[2], "-o", sys.argv[3], "--tta", "flip+crops", "-q"])
+        except SystemExit as exit:
+            code = exit.code
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+        sys.stderr.write("REPORT " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(data), str(lone), str(tmp_path / "ev_lite")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert json.loads(proc.stderr.split("REPORT ", 1)[1]) == {"code": 0, "heavy": []}, proc.stderr
+    got = _metrics(tmp_path / "ev_lite")
+    assert got["tta"] == {**expected["tta"], "without": pytest.approx(expected["tta"]["without"], abs=1e-4)}
+    assert got["tta"]["views"] == 7 and got["accuracy"] == expected["accuracy"]
+    assert got["calibration"]["ece"] == pytest.approx(expected["calibration"]["ece"], abs=1e-4)
+    assert (tmp_path / "ev_lite" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @requires_flowers
