@@ -1,0 +1,414 @@
+"""`tlcli check`: planted duplicates, leakage and label errors are found; a clean folder is not flagged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FLOWERS, KERAS_HOME, requires_flowers, use_keras_home
+
+COLOURS = {"red": (200, 60, 50), "green": (60, 170, 70), "blue": (50, 80, 200)}
+SIZE = (160, 120)
+MOVED = [("train", "red", "red_05.png", "blue"), ("train", "red", "red_06.jpg", "green"),
+         ("train", "green", "green_07.png", "red"), ("train", "blue", "blue_08.jpg", "red"),
+         ("val", "blue", "blue_v2.jpg", "green")]
+
+
+def smooth_image(rng: np.random.Generator, colour, size=SIZE) -> Image.Image:
+    """A class colour under smooth random blotches (a 6x5 field, upsampled) and fine grain: every
+    image has its own layout of light and dark, so only copies of one share a perceptual hash."""
+    coarse = np.clip(np.array(colour) + rng.normal(0, 30, (5, 6, 3)), 0, 255).astype(np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize(size, Image.BICUBIC), np.int16)
+    grain = rng.integers(-10, 11, smooth.shape)
+    return Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+
+
+def make_split_folder(root: Path, seed: int, train: int = 14, val: int = 6) -> Path:
+    """train/ and val/ folders of three colour classes, PNG and JPEG alternately."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        for split, count in (("train", train), ("val", val)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                stem = f"{name}_{i:02d}" if split == "train" else f"{name}_v{i}"
+                smooth_image(rng, colour).save(folder / f"{stem}{'.png' if i % 2 else '.jpg'}", quality=92)
+    return root
+
+
+def plant(root: Path) -> dict:
+    """An exact copy across train and val, a resized and re-encoded copy across them too, and
+    five images filed under the wrong class. Returns where each planted file is."""
+    exact = (root / "train/red/red_00.jpg", root / "val/red/red_copy.jpg")
+    shutil.copyfile(*exact)
+    original = root / "train/green/green_03.png"
+    near = root / "val/green/green_small.jpg"
+    Image.open(original).resize((88, 66), Image.LANCZOS).save(near, quality=70)
+    moved = []
+    for split, cls, name, wrong in MOVED:
+        target = root / split / wrong / name
+        shutil.move(root / split / cls / name, target)
+        moved.append(str(target))
+    return {"exact": {str(p) for p in exact}, "near": {str(original), str(near)}, "moved": set(moved)}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = make_split_folder(tmp_path_factory.mktemp("planted") / "data", seed=1)
+    return root, plant(root)
+
+
+@pytest.fixture(scope="module")
+def planted_result(planted, tmp_path_factory):
+    from tlcli.check import check_folder
+
+    root, _ = planted
+    out = tmp_path_factory.mktemp("planted_out")
+    return check_folder(root, features="pixels", output=out / "check", write_clean=out / "clean.txt", quiet=True)
+
+
+def paths_of(result, group) -> set[str]:
+    return {result.files[i]["path"] for i in group["members"]}
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- the planted cases
+
+
+def test_exact_duplicate_across_train_and_val_is_leakage(planted, planted_result):
+    _, truth = planted
+    assert [paths_of(planted_result, g) for g in planted_result.exact] == [truth["exact"]]
+    assert planted_result.exact[0]["kinds"] == ["leakage"]
+
+
+def test_resized_reencoded_copy_is_a_near_duplicate(planted, planted_result):
+    _, truth = planted
+    assert [paths_of(planted_result, g) for g in planted_result.near] == [truth["near"]]
+    (i, j, bits, cosine), = planted_result.near[0]["pairs"]
+    assert bits <= 6 and cosine is None  # found by the perceptual hash (no embeddings in pixels mode)
+    assert planted_result.near[0]["kinds"] == ["leakage"]
+
+
+def test_moved_images_are_the_likely_label_errors(planted, planted_result):
+    _, truth = planted
+    found = {planted_result.files[s["index"]]["path"]: s for s in planted_result.suspects}
+    assert set(found) == truth["moved"]
+    for split, cls, name, wrong in MOVED:
+        s = found[str(planted[0] / split / wrong / name)]
+        assert (s["given"], s["likely"]) == (wrong, cls)
+        assert s["p_likely"] > 0.5 > s["p_given"]
+
+
+def test_clean_folder_flags_nothing(tmp_path):
+    from tlcli.check import check_folder
+
+    root = make_split_folder(tmp_path / "data", seed=2)
+    result = check_folder(root, features="pixels", output=tmp_path / "out", quiet=True)
+    assert (result.exact, result.near, result.suspects, result.issues()) == ([], [], [], [])
+    assert len(result.files) == 60 and not (tmp_path / "out" / "duplicates.png").exists()
+
+
+def test_outputs_are_written_and_captioned(planted, planted_result):
+    from tlcli.check_report import duplicate_tiles, suspect_tiles
+
+    out = planted_result.out_dir
+    saved = json.loads((out / "check.json").read_text())
+    assert saved["issues"] == planted_result.issues() and len(saved["suspects"]) == 5
+    assert {m["path"] for m in saved["exact_duplicates"][0]["members"]} == planted[1]["exact"]
+    for name in ("duplicates.png", "suspects.png"):
+        assert Image.open(out / name).format == "PNG"
+    captions = [lines for _, lines in duplicate_tiles(planted_result)]
+    assert captions[0] == ["train/red/red_00.jpg", "train: red", "#1 exact, leakage"]
+    assert captions[1] == ["val/red/red_copy.jpg", "val: red", "#1 exact, leakage"]
+    assert ["val/green/green_small.jpg", "val: green", "#2 near, leakage"] in captions
+    first = suspect_tiles(planted_result)[0][1]
+    assert first[0].endswith(".png") or first[0].endswith(".jpg")
+    assert first[1].startswith("filed: ") and first[2].startswith("likely: ")
+
+
+def test_users_files_are_never_touched(tmp_path):
+    from tlcli.check import check_folder
+    from tlcli.errors import TlcliError
+
+    root = make_split_folder(tmp_path / "data", seed=3, train=6, val=2)
+    plant_copy = root / "val/red/copy.jpg"
+    shutil.copyfile(root / "train/red/red_00.jpg", plant_copy)
+    before = snapshot(root)
+    check_folder(root, features="pixels", output=tmp_path / "out", write_clean=tmp_path / "clean.txt", quiet=True)
+    assert snapshot(root) == before
+    with pytest.raises(TlcliError, match="inside DATA_DIR"):
+        check_folder(root, features="pixels", output=root / "check", quiet=True)
+    with pytest.raises(TlcliError, match="not a tlcli file list"):
+        check_folder(root, features="pixels", output=tmp_path / "out", write_clean=plant_copy, quiet=True)
+    assert snapshot(root) == before
+
+
+# ---------------------------------------------------------------- the clean list
+
+
+def test_clean_list_leaves_out_copies_and_suspects_and_train_reads_it(planted, planted_result):
+    from tlcli.check import quick_check
+    from tlcli.data import find_folder
+
+    root, truth = planted
+    listed = Path(planted_result.written["clean_list"])
+    folder = find_folder(listed)
+    kept = {p for split in (folder.train, folder.val) for p in split.paths}
+    every = {f["path"] for f in planted_result.files}
+    # The train copy of each duplicate stays; its val copy and the moved images go.
+    assert every - kept == {str(root / "val/red/red_copy.jpg"), str(root / "val/green/green_small.jpg")} | truth["moved"]
+    assert set(folder.val.paths) == {f["path"] for f in planted_result.files if f["split"] == "val"} - (every - kept)
+    assert folder.class_names == ["blue", "green", "red"]
+    assert quick_check(listed) is None  # the leak is gone
+
+
+def test_file_list_format(tmp_path):
+    from tlcli.data import find_folder
+    from tlcli.errors import TlcliError
+
+    root = make_split_folder(tmp_path / "data", seed=4, train=4, val=0)
+    (tmp_path / "list.txt").write_text("# comment\nall\tred\tdata/train/red/red_00.jpg\n"
+                                       f"all\tred\t{root}/train/red/red_01.png\nall\tred\tdata/train/red/red_02.jpg\n"
+                                       "all\tblue\tdata/train/blue/blue_00.jpg\nall\tblue\tdata/train/blue/blue_01.png\n")
+    folder = find_folder(tmp_path / "list.txt", val_split=0.5, seed=0)
+    assert folder.class_names == ["blue", "red"] and len(folder.train) + len(folder.val) == 5
+    assert str(root / "train/red/red_00.jpg") in folder.train.paths + folder.val.paths  # relative to the list
+    (tmp_path / "bad.txt").write_text("train\tred\n")
+    with pytest.raises(TlcliError, match="line 1: expected split<TAB>class<TAB>path"):
+        find_folder(tmp_path / "bad.txt")
+    (tmp_path / "mixed.txt").write_text("all\tred\ta.jpg\ntrain\tred\tb.jpg\n")
+    with pytest.raises(TlcliError, match="mixes split 'all'"):
+        find_folder(tmp_path / "mixed.txt")
+
+
+# ---------------------------------------------------------------- train's cheap check
+
+
+def test_quick_check_warns_of_leakage_without_decoding(planted, monkeypatch):
+    import tlcli.images
+    from tlcli.check import quick_check
+
+    monkeypatch.setattr(tlcli.images, "load_image", lambda *a: pytest.fail("quick_check decoded an image"))
+    root, _ = planted
+    warning = quick_check(root)
+    assert warning == (f"1 group(s) of identical image files in {root} (1 of them across train/val, which "
+                       f"inflates the validation score); see them with: tlcli check {root}")
+
+
+def test_quick_check_is_silent_on_a_clean_folder(tmp_path):
+    from tlcli.check import quick_check
+
+    root = make_split_folder(tmp_path / "data", seed=5, train=4, val=2)
+    assert quick_check(root) is None
+    shutil.copyfile(root / "train/red/red_00.jpg", root / "train/red/again.jpg")
+    assert "(none across train/val)" in quick_check(root)
+
+
+# ---------------------------------------------------------------- folder health
+
+
+def test_folder_health(tmp_path):
+    from tlcli.check import check_folder
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(6)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        count = {"red": 40, "green": 12, "blue": 12}[name]
+        for i in range(count):
+            image = smooth_image(rng, colour)
+            if name == "green" and i < 8:
+                image = image.convert("L")
+            image.save(root / name / f"{name}_{i:02d}.png")
+    smooth_image(rng, COLOURS["blue"], (40, 30)).save(root / "blue" / "tiny.png")
+    smooth_image(rng, COLOURS["blue"], (400, 100)).save(root / "blue" / "banner.png")
+    (root / "blue" / "page.jpg").write_text("<html><body>404</body></html>")
+    result = check_folder(root, features="none", output=tmp_path / "out", quiet=True)
+    h = result.health
+    assert h["unreadable"] == [{"path": str(root / "blue" / "page.jpg"),
+                                "reason": "not an image Pillow can read (an HTML page: a failed download?)"}]
+    assert [r["path"] for r in h["tiny"]] == [str(root / "blue" / "tiny.png")]
+    assert [(r["width"], r["height"]) for r in h["extreme_aspect"]] == [(400, 100)]
+    assert h["grey"]["by_class"] == {"blue": 0, "green": 8, "red": 0}
+    assert h["classes"]["red"] == {"train": 32, "val": 8} and h["classes"]["blue"] == {"train": 11, "val": 3}
+    assert h["few_val"] == {"blue": 3, "green": 2}  # 20% of 12 or 14 images
+    warnings = "\n".join(h["warnings"])
+    for expected in ("1 unreadable file", "imbalanced classes: red has 32 training images, green 10",
+                     "1 tiny image", "1 image(s) more than 3 times", "8 of 12 green images are greyscale",
+                     "2 class(es) with under 5 validation images: blue (3), green (2)"):
+        assert expected in warnings
+    assert result.suspects == [] and result.features == "none"
+
+
+# ---------------------------------------------------------------- the rules, by hand
+
+
+def test_find_suspects_rule():
+    from tlcli.suspects import find_suspects
+
+    probs = np.array([[0.90, 0.05, 0.05], [0.80, 0.15, 0.05], [0.85, 0.10, 0.05],  # filed 0, look 0
+                      [0.10, 0.85, 0.05], [0.05, 0.90, 0.05],  # filed 1, look 1
+                      [0.02, 0.93, 0.05],  # filed 0, looks 1 surely: flagged
+                      [0.30, 0.55, 0.15],  # filed 0, 1 at 0.55: below class 1's mean on its own images (0.875)
+                      [0.45, 0.52, 0.03]])  # likewise
+    given = np.array([0, 0, 0, 1, 1, 0, 0, 0])
+    assert find_suspects(probs, given) == [(5, 1, 0.02, 0.93)]
+    probs[6] = [0.08, 0.90, 0.02]  # now confidently 1 (and 0's mean falls to 0.52)
+    assert [row for row, *_ in find_suspects(probs, given)] == [5, 6]  # surest first
+    probs[7] = [0.03, 0.60, 0.37]  # 1 below its mean, but 0 at under a tenth of its own: contradicted
+    assert [row for row, *_ in find_suspects(probs, given)] == [5, 6, 7]
+    judged = np.ones(8, bool)
+    judged[5] = False
+    assert [row for row, *_ in find_suspects(probs, given, judged)] == [6, 7]
+
+
+def test_near_groups_combine_the_hash_and_embeddings():
+    from tlcli.similarity import near_groups
+
+    def in_plane(plane: int, degrees: float) -> list[float]:  # pairs in separate planes: cos 0 across
+        row = [0.0] * 8
+        row[2 * plane], row[2 * plane + 1] = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        return row
+
+    files = [{"split": "train", "class": "a"}] * 8
+    hashes = np.array([0xAAAA_AAAA_AAAA_AAAA, 0x5555_5555_5555_5555,  # 0-1: 64 bits, cos 0
+                       0xF0, 0xFFFFF,  # 2-3: 16 bits, cos 0.985
+                       0xFFFF_FF00_0000_0000, 0xFFFF_FF00_0000_0003,  # 4-5: 2 bits, cos 0.87
+                       0xFFFF_0000_FFFF_0000, 0x0000_FFFF_0000_FFFF], np.uint64)  # 6-7: 64 bits, cos 0.89
+    embeddings = np.array([in_plane(3, 0), in_plane(3, 90), in_plane(0, 0), in_plane(0, 10),
+                           in_plane(1, 0), in_plane(1, 30), in_plane(2, 0), in_plane(2, 27)], np.float32)
+    ok = np.ones(8, bool)
+    assert [g["members"] for g in near_groups(files, ok, hashes, embeddings, [])] == [[2, 3], [4, 5]]
+    hashes[7] = hashes[6] ^ np.uint64(0xFF)  # now 8 bits apart: with cos 0.89 the two rules together join them
+    assert [g["members"] for g in near_groups(files, ok, hashes, embeddings, [])] == [[2, 3], [4, 5], [6, 7]]
+    assert [g["members"] for g in near_groups(files, ok, hashes, None, [])] == [[4, 5]]  # the hash alone
+    assert near_groups(files, ok, hashes, None, [{"members": [4, 5]}]) == []  # an exact group already
+    ok[5] = False
+    assert near_groups(files, ok, hashes, None, []) == []  # unreadable: not compared
+
+
+def test_model_probabilities_judge_the_labels():
+    from tlcli.suspects import from_model
+
+    files = [{"path": f"{cls}{i}", "split": split, "class": cls}
+             for cls, split, i in [("a", "train", 0), ("a", "train", 1), ("a", "val", 2), ("b", "train", 3),
+                                   ("b", "val", 4), ("c", "train", 5), ("a", "train", 6), ("a", "train", 7)]]
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.1, 0.9], [0.9, 0.1], [0.8, 0.2],  # columns: b, a
+                      [0.5, 0.5], [0.97, 0.03], [np.nan, np.nan]], np.float32)
+    ok = np.array([True] * 7 + [False])
+    notes = []
+    found = from_model(files, probs, ["b", "a"], ok, notes)
+    assert found == [{"index": 6, "given": "a", "likely": "b", "p_given": 0.03, "p_likely": 0.97}]
+    assert notes == ["the model has no class c: those images are not judged."]
+    from_model(files, probs, ["b", "a"], ok, notes, trained_on=True)
+    assert "learnt its training images' labels" in notes[-1]
+
+
+# ---------------------------------------------------------------- real photos
+
+
+@pytest.mark.slow
+@requires_flowers
+def test_flowers_planted_cases_with_mobilenet(tmp_path, monkeypatch):
+    """flowers-dev through a file list (the photos stay where they are) with five labels
+    changed and one photo resized and re-encoded into val: mobilenet_v2 features find them."""
+    from tlcli.check import check_folder
+    from tlcli.data import find_folder
+
+    use_keras_home(monkeypatch, KERAS_HOME)
+    folder = find_folder(FLOWERS)
+    names = folder.class_names
+    rows = [("train", names[int(label)], path) for path, label in zip(folder.train.paths, folder.train.labels)]
+    rows += [("val", names[int(label)], path) for path, label in zip(folder.val.paths, folder.val.labels)]
+    moved = {}
+    for k, i in enumerate(range(7, len(rows), 70)):  # 5 photos, each filed under the next class
+        split, cls, path = rows[i]
+        rows[i] = (split, names[(names.index(cls) + 1 + k % 3) % len(names)], path)
+        moved[path] = cls
+    split, cls, original = rows[20]
+    copy = tmp_path / "copy.jpg"
+    with Image.open(original) as image:
+        image.convert("RGB").resize((image.width // 2, image.height // 2), Image.LANCZOS).save(copy, quality=70)
+    rows.append(("val", cls, str(copy)))
+    listed = tmp_path / "flowers.txt"
+    listed.write_text("".join(f"{s}\t{c}\t{p}\n" for s, c, p in rows))
+    result = check_folder(listed, output=tmp_path / "out", quiet=True)
+    assert result.features == "mobilenet_v2"
+    groups = [{result.files[i]["path"] for i in g["members"]} for g in result.near]
+    assert {original, str(copy)} in groups
+    found = {result.files[s["index"]]["path"]: s["likely"] for s in result.suspects}
+    assert sum(found.get(path) == cls for path, cls in moved.items()) >= 3  # recall ~86%: see tlcli.suspects
+    assert len(result.suspects) <= 25  # 12 on flowers-dev as it is
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_check_command(cli, planted, tmp_path):
+    root, truth = planted
+    result = cli(["check", root, "--features", "pixels", "-o", tmp_path / "out", "--write-clean", tmp_path / "c.txt"])
+    assert result.exit_code == 0, result.output
+    for line in ("1 exact duplicate group(s) across splits (leakage)", "1 near-duplicate group(s) across splits",
+                 "5 likely label error(s)", f"Wrote check.json, duplicates.png, suspects.png to {tmp_path / 'out'}",
+                 f"train on it with: tlcli train {tmp_path / 'c.txt'}"):
+        assert line in " ".join(result.stdout.split()), line
+    result = cli(["check", root, "--features", "pixels", "-o", tmp_path / "out", "--json"])
+    report = json.loads(result.stdout)
+    assert {s["path"] for s in report["suspects"]} == truth["moved"]
+    assert report["features"] == "pixels" and report["n_images"] == 62
+
+
+def test_check_command_pixels_mode_never_loads_tensorflow(planted, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from tlcli.cli import app; "
+            f"r = CliRunner().invoke(app, ['check', {str(planted[0])!r}, '--features', 'pixels', '-o', "
+            f"{str(tmp_path / 'out')!r}, '-q']); assert r.exit_code == 0, r.output; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--features", "resnet"], "unknown --features 'resnet'. Did you mean: resnet50"),
+    (["--features", "tiny"], "--features tiny: this backbone has no ImageNet weights"),
+    (["--val-split", "1"], "--val-split must be above 0 and below 1"),
+    (["--model", "nowhere"], "--model: 'nowhere' does not exist"),
+])
+def test_check_command_bad_input_is_one_line(cli, image_folder, tmp_path, args, message):
+    result = cli(["check", image_folder, "-o", tmp_path / "out", *args])
+    assert result.exit_code == 2 and result.stderr.startswith("Error:") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_check_command_with_a_run(cli, trained_run, image_folder):
+    """--model: the run's model judges the labels, on its own split; the results go in the run."""
+    result = cli(["check", image_folder, "--model", trained_run, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["features"] == f"model: {trained_run / 'model.keras'}"
+    assert report["out_dir"] == str(trained_run / "check") and (trained_run / "check" / "check.json").is_file()
+    assert "learnt its training images' labels" in " ".join(report["notes"])
+
+
+@pytest.mark.slow
+def test_train_takes_the_clean_list(planted, planted_result, tmp_path):
+    from tlcli.config import TrainConfig
+    from tlcli.train import train
+
+    listed = planted_result.written["clean_list"]
+    config = TrainConfig(listed, backbone="tiny", weights="none", image_size=32, epochs=1, cache_views=1,
+                         fine_tune_epochs=0, batch_size=16, project=str(tmp_path / "runs"))
+    metrics = train(config, quiet=True).metrics
+    assert (metrics["n_train"], metrics["n_val"]) == (38, 17)  # 42 and 20, less the 2 copies and 5 moved
