@@ -129,7 +129,7 @@ def plot_reliability(bins: list[tuple], path: str | Path, title: str = "") -> No
     lows = [b[0] for b in filled]
     accuracy = [b[4] for b in filled]
     confidence = [b[3] for b in filled]
-    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration", zorder=3)
     top.bar(lows, accuracy, width=width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
     # The gap: from the accuracy up (over-confident) or down (under-confident) to the confidence.
     top.bar(lows, [c - a for c, a in zip(confidence, accuracy)], bottom=accuracy, width=width, align="edge",
@@ -143,6 +143,14 @@ def plot_reliability(bins: list[tuple], path: str | Path, title: str = "") -> No
         top.set_title(title, fontsize=10)
     bottom.bar([b[0] for b in bins], [b[2] for b in bins], width=width, align="edge", color="tab:grey",
                edgecolor="white")
+    n = sum(b[2] for b in filled)
+    if n:  # the two figures the over/under-confident verdict compares
+        mean_confidence = sum(b[2] * b[3] for b in filled) / n
+        mean_accuracy = sum(b[2] * b[4] for b in filled) / n
+        bottom.axvline(mean_accuracy, color="tab:blue", linestyle="-", label=f"accuracy {mean_accuracy:.2f}")
+        bottom.axvline(mean_confidence, color="tab:red", linestyle="--",
+                       label=f"mean confidence {mean_confidence:.2f}")
+        bottom.legend(loc="upper left", fontsize=8)
     bottom.set_xlabel("confidence (top probability)")
     bottom.set_ylabel("images")
     bottom.grid(alpha=0.3)
