@@ -131,9 +131,10 @@ def plot_reliability(bins: list[tuple], path: str | Path, title: str = "") -> No
     confidence = [b[3] for b in filled]
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration", zorder=3)
     top.bar(lows, accuracy, width=width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
-    # The gap: from the accuracy up (over-confident) or down (under-confident) to the confidence.
+    # The gap: from the accuracy up (over-confident) or down into the bar (under-confident) to the
+    # bin's mean confidence; hatched, not filled, so it reads over the bar as well as above it.
     top.bar(lows, [c - a for c, a in zip(confidence, accuracy)], bottom=accuracy, width=width, align="edge",
-            color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to mean confidence")
+            facecolor="none", edgecolor="tab:red", hatch="//", linewidth=1.2, label="gap to mean confidence")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
