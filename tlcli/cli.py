@@ -245,12 +245,13 @@ def evaluate(
     """Measure a model on labelled images: accuracy, top-k accuracy, loss, calibration, per-class scores.
 
     DATA_DIR has one folder per class, or train/ val/ (test/) folders; its classes must be the
-    model's. Writes metrics.json, predictions.csv, confusion_matrix.png, reliability.png (how
-    far confidence is from accuracy) and errors.png (the most confident mistakes). The loss is
-    plain cross-entropy, without training's label smoothing. Calibration: the expected
-    calibration error (ECE, 15 bins), the Brier score, and whether the model is over- or
-    under-confident. With --tta, the accuracy with and without test-time augmentation.
-    Works the same for .keras, SavedModel, .tflite and .onnx models, so they can be compared.
+    model's. Writes metrics.json, predictions.csv, confusion_matrix.png, reliability.png and
+    errors.png (the most confident mistakes). The loss is plain cross-entropy, without
+    training's label smoothing. Works the same for .keras, SavedModel, .tflite and .onnx models.
+
+    Calibration: the expected calibration error (ECE, 15 bins), the Brier score, whether the
+    model is over- or under-confident, and reliability.png (accuracy per confidence bin). With
+    --tta, the accuracy with and without test-time augmentation.
 
     Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite --tta flip[/]
     """
