@@ -282,7 +282,7 @@ def _embedder(features: str, model, notes: list[str], say):
     spec = get_spec(features)
     say(f"Image features: {features} (ImageNet), {spec.default_size} px")
     try:
-        embed = _backbone_embedder(features, spec.default_size)
+        embed = similarity.backbone_embedder(features, spec.default_size)
     except TlcliError as error:
         if not auto:
             raise
@@ -292,20 +292,6 @@ def _embedder(features: str, model, notes: list[str], say):
                      f"({missing}; or use --model RUN, or --features pixels).")
         return None, None, "none", False
     return embed, spec.default_size, features, True
-
-
-def _backbone_embedder(name: str, size: int):
-    """uint8 images (n, size, size, 3) -> the backbone's pooled features, as one traced function."""
-    import tensorflow as tf
-
-    from tlcli.model import build_classifier, feature_model
-    from tlcli.progress import quiet_native_output
-
-    with quiet_native_output():  # Keras prints "Downloading data from …" on stdout, --json's channel
-        model = feature_model(build_classifier(name, 2, size, "imagenet"))
-    spec = tf.TensorSpec((None, size, size, 3), tf.uint8)
-    run = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), input_signature=[spec])
-    return lambda images: run(images).numpy()
 
 
 def _decode_pass(paths: list, sizes: list[int], embed_size, embedder, embeds: bool, runner, batch_size: int,

@@ -1,8 +1,8 @@
 """Which images are the same: content hashes, perceptual hashes and embedding similarity, and
 the duplicate groups of a dataset they make (leakage across splits, one picture in two classes).
 
-Numpy and Pillow only (no TensorFlow): `tlcli check` and the cheap check `tlcli train` runs both
-use it. Pairs are found by comparing every image with every other, a block of rows at a time, so
+Numpy and Pillow only (TensorFlow only inside `backbone_embedder`): `tlcli check` and the cheap
+check `tlcli train` runs both use it. Pairs are found by comparing every image with every other, a block of rows at a time, so
 memory stays at one block whatever the number of images (the time grows as n squared: about a
 second for 10,000 images).
 """
@@ -166,7 +166,22 @@ def connected_groups(pairs) -> list[list[int]]:
     return sorted(sorted(g) for g in members.values() if len(g) > 1)
 
 
-# ---------------------------------------------------------------- cheap features
+# ---------------------------------------------------------------- features
+
+
+def backbone_embedder(name: str, size: int):
+    """uint8 images (n, size, size, 3) -> backbone `name`'s pooled ImageNet features, as one traced
+    function. Imports TensorFlow; a missing weight file is a one-line TlcliError."""
+    import tensorflow as tf
+
+    from tlcli.model import build_classifier, feature_model
+    from tlcli.progress import quiet_native_output
+
+    with quiet_native_output():  # Keras prints "Downloading data from …" on stdout, --json's channel
+        model = feature_model(build_classifier(name, 2, size, "imagenet"))
+    spec = tf.TensorSpec((None, size, size, 3), tf.uint8)
+    run = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), input_signature=[spec])
+    return lambda images: run(images).numpy()
 
 
 def grey_flags(images: np.ndarray, tolerance: float = 3.0) -> np.ndarray:
