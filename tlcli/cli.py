@@ -21,14 +21,14 @@ from tlcli import tables
 from tlcli.config import AugmentConfig, TrainConfig, check_options
 from tlcli.errors import TlcliError
 from tlcli.cli_app import (AsJson, Augment, BatchSize, DataDir, Flip, KerasModelOption, ModelOption, ProjectOption,
-                           Quiet, Rotation, Shear, Shift, TopK, Zoom, _default, _import_tensorflow_quietly, app,
+                           Quiet, Rotation, Shear, Shift, TopK, Tta, Zoom, _default, _import_tensorflow_quietly, app,
                            command, err, out)
 
 
 @command()
 def train(
     # A string, not a Path: Path would turn gs://bucket/flowers into gs:/bucket/flowers.
-    data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...). With --resume: where the run's images are now, if they moved.", show_default=False)] = None,
+    data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...); or a file list written by `tlcli check --write-clean`. With --resume: where the run's images are now, if they moved.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
     weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
@@ -152,7 +152,6 @@ def augment_preview(
     out.print(f"Wrote {path}")
 
 
-Tta = Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: average the probabilities over the image and its mirror (flip), or also over 5 crops at 90% (flip+crops).", show_default=False)]
 
 
 def _load_model_ref(model: Optional[str], project: str):
@@ -376,59 +375,7 @@ def export(
         raise TlcliError(f"below --min-agreement, kept for inspection: {names}", exit_code=1)
 
 
-@command()
-def check(
-    data_dir: Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; or a file list that --write-clean wrote.", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Judge the labels by this model (a run folder, .keras, SavedModel, .tflite or .onnx) on its run's split, instead of a cross-validated fit.", show_default=False)] = None,
-    features: Annotated[str, typer.Option(help="Image features for near-duplicates and the label check: auto (mobilenet_v2's ImageNet features; none with --model), pixels (colour and texture statistics, no model), none, or a pretrained backbone's name.")] = "auto",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for check.json, duplicates.png and suspects.png (default: <run>/check with --model, else ./check).", rich_help_panel="Output", show_default=False)] = None,
-    write_clean: Annotated[Optional[Path], typer.Option(help="Write this list of the files to train on: all but the extra copies of duplicates, the likely label errors and unreadable files. `tlcli train LIST` takes it in place of DATA_DIR.", rich_help_panel="Output", show_default=False)] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="Validation fraction when DATA_DIR has no val/ folder, as training splits it (default: the --model run's, else 0.2).", rich_help_panel="Data", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of that split (default: the --model run's, else 0).", rich_help_panel="Data", show_default=False)] = None,
-    batch_size: BatchSize = 32,
-    as_json: AsJson = False,
-    quiet: Quiet = False,
-):
-    """Find duplicates, train/val leakage, likely label errors and unhealthy files in DATA_DIR, before training.
-
-    Exact duplicates by content; near-duplicates (the same photo resized or re-encoded) by a
-    perceptual hash and backbone features; likely label errors by a cross-validated fit on
-    those features, or by --model. DATA_DIR is split as `tlcli train` splits it, so a
-    duplicate across train and val is leakage.
-
-    Also: unreadable files, class counts, tiny or oblong images, greyscale images, classes
-    short of validation images.
-
-    Writes check.json and contact sheets (duplicates.png, suspects.png: each image with its
-    path and labels); DATA_DIR is only read. --write-clean LIST writes the files to keep.
-
-    Example: [bold]tlcli check ./flowers --write-clean clean.txt && tlcli train clean.txt[/]
-    """
-    from tlcli.check import check_features, needs_tensorflow
-
-    check_options(batch_size=batch_size)
-    if val_split is not None:
-        check_options(val_split=val_split)
-    if seed is not None:
-        check_options(seed=seed)
-    check_features(features)
-    ref = None
-    if model is not None:
-        from tlcli.rundir import resolve_model
-
-        ref = resolve_model(model)
-    if needs_tensorflow(features, ref):
-        _import_tensorflow_quietly()
-    from tlcli.check import check_folder
-    from tlcli.check_report import summary
-
-    result = check_folder(data_dir, ref, features, val_split, seed, output, write_clean, batch_size, console=err,
-                          quiet=quiet or as_json)
-    if as_json:
-        print(json.dumps(result.to_dict()))
-    elif not quiet:
-        for part in summary(result):
-            out.print(part, highlight=False)
+from tlcli import cli_check  # noqa: E402,F401  (registers `tlcli check` on the same app, listed last)
 
 
 def main():

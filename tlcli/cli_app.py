@@ -125,3 +125,4 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON o
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel="Output")]
 TopK = Annotated[int, typer.Option(help="How many of the best classes to report.")]
 BatchSize = Annotated[int, typer.Option(help="Images per inference batch.")]
+Tta = Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: average the probabilities over the image and its mirror (flip), or also over 5 crops at 90% (flip+crops).", show_default=False)]
