@@ -175,3 +175,15 @@ def test_a_saved_model_that_disagrees_with_training_is_reported(tmp_path, image_
     result = train(config, quiet=True)
     check = json.loads((result.run_dir / "metrics.json").read_text())["saved_model_check"]
     assert check["agrees"] is False and check["val_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_train_warns_in_one_line_about_identical_files_across_train_and_val(cli, tmp_path):
+    import shutil
+
+    make_folder(tmp_path / "d" / "train", per_class=4, size=32)
+    make_folder(tmp_path / "d" / "val", per_class=2, size=32, seed=1)
+    shutil.copy(tmp_path / "d" / "train" / "dark" / "dark_0.jpg", tmp_path / "d" / "val" / "dark" / "copy.jpg")
+    result = cli(["train", tmp_path / "d", *TINY, "--fine-tune-epochs", "0", "--project", tmp_path / "r"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if "warning:" in line and "tlcli check" in line]
+    assert len(warning) == 1 and ("leak" in warning[0] or "val" in warning[0]), result.output

@@ -36,6 +36,7 @@ from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
 from tlcli.data import class_weights, find_folder, make_dataset
 from tlcli.errors import TlcliError
+from tlcli.check import quick_check
 from tlcli.finalize import TrainResult, complete, finalize
 from tlcli.model import (build_classifier, count_params, head_model, load_classifier, pretrained, top_classifier,
                          unfreeze_top)
@@ -70,7 +71,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
     mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
     xla = config.xla == "on" or (config.xla == "auto" and gpu)
     keras.utils.set_random_seed(config.seed)
-    say = (lambda *a: None) if quiet else console.print
+    say = (lambda *a, **k: None) if quiet else console.print
     if note := distribute.ignored_tf_config(strategy):
         say(f"[yellow]warning:[/] {note}")
 
@@ -85,6 +86,8 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
             write_json(resume / "config.json", {**saved, "data_dir": config.data_dir})  # export and evaluate follow
         for note in data.warnings:
             say(f"[yellow]warning:[/] {note}")
+        if chief and resume is None and (duplicates := quick_check(config.data_dir, data)):
+            say(f"[yellow]warning:[/] {duplicates}", soft_wrap=True, highlight=False)  # one line, paths whole
 
         previous_policy = keras.mixed_precision.dtype_policy()
         if mixed:  # float16 compute, float32 weights; the output layer stays float32
@@ -120,7 +123,7 @@ def _locate_data(config: TrainConfig, run: Path, data_dir: str | Path | None) ->
     """The resumed run's config, pointed at `data_dir` when given; a one-line error if the data is gone."""
     if data_dir is not None:
         return dataclasses.replace(config, data_dir=str(data_dir))
-    if "://" not in config.data_dir and not Path(config.data_dir).is_dir():
+    if "://" not in config.data_dir and not Path(config.data_dir).exists():  # a folder or a file list
         raise TlcliError(f"the images of {run} were in {config.data_dir}, which is gone; if they moved, "
                          f"pass their new place: tlcli train --resume {run} NEW_DATA_DIR")
     return config
