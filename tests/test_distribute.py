@@ -99,19 +99,7 @@ def test_two_workers_train_one_run(image_folder, tmp_path, weights):
     args = ["train", str(image_folder), "--backbone", "tiny", "--weights", weights_arg,
             "--image-size", "32", "--epochs", "1", "--cache-views", "2", "--fine-tune-epochs", "1",
             "--batch-size", "8", "--strategy", "multiworker", "--project", str(project), "--json"]
-    workers = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen([sys.executable, "-c", LOGGING_DRIVER, str(tmp_path / f"decoded{index}"), *args],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        outputs = [w.communicate(timeout=240) for w in workers]
-    except subprocess.TimeoutExpired:
-        for w in workers:
-            w.kill()
-        pytest.fail("multi-worker training did not finish in time")
-    for w, (stdout, stderr) in zip(workers, outputs):
-        assert w.returncode == 0, stderr[-2000:]
+    outputs = _run_workers(cluster, lambda i: [LOGGING_DRIVER, str(tmp_path / f"decoded{i}"), *args])
     chief_metrics = json.loads(outputs[0][0])
     runs = [p for p in project.iterdir() if p.is_dir()]
     assert [p.name for p in runs] == ["train"]  # the worker wrote no run of its own
@@ -131,6 +119,24 @@ def test_two_workers_train_one_run(image_folder, tmp_path, weights):
     assert (decoded[0] | decoded[1]) & train == train
     assert all(len(d & train) in (len(train) // 2, len(train) - len(train) // 2) for d in decoded)
     assert set(split.val.paths) <= decoded[0] and set(split.val.paths) <= decoded[1]
+
+
+def _run_workers(cluster: dict, args_of) -> list[tuple[str, str]]:
+    """Run `python -c *args_of(i)` as worker i of `cluster`, all at once; their (stdout, stderr)."""
+    workers = []
+    for index in range(len(cluster["worker"])):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen([sys.executable, "-c", *args_of(index)], env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [w.communicate(timeout=240) for w in workers]
+    except subprocess.TimeoutExpired:
+        for w in workers:
+            w.kill()
+        pytest.fail("the workers did not finish in time")
+    for w, (_, stderr) in zip(workers, outputs):
+        assert w.returncode == 0, stderr[-2000:]
+    return outputs
 
 
 LOGGING_DRIVER = """
@@ -176,8 +182,6 @@ def test_two_workers_resume_phase_2_from_the_same_best_weights(image_folder, tmp
     restore the same best weights before phase 2, not keep the last epoch's."""
     import signal
 
-    import numpy as np
-
     from tlcli import checkpoint
     from tlcli import train as train_module
     from tlcli.config import TrainConfig
@@ -215,18 +219,6 @@ def test_two_workers_resume_phase_2_from_the_same_best_weights(image_folder, tmp
     assert checkpoint.best_weights(run) is not None
 
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen([sys.executable, "-c", RESUME_DRIVER, str(run), str(tmp_path / f"w{index}")],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        outputs = [w.communicate(timeout=240) for w in workers]
-    except subprocess.TimeoutExpired:
-        for w in workers:
-            w.kill()
-        pytest.fail("multi-worker resume did not finish in time")
-    for w, (_, stderr) in zip(workers, outputs):
-        assert w.returncode == 0, stderr[-2000:]
+    _run_workers(cluster, lambda i: [RESUME_DRIVER, str(run), str(tmp_path / f"w{i}")])
     assert (tmp_path / "w0").read_text() == (tmp_path / "w1").read_text()
     assert (run / ".complete").exists()
