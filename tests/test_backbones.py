@@ -34,14 +34,6 @@ def test_unknown_backbone_suggests_close_names():
         get_spec("efficientnet-b0")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_every_backbone_builds_at_its_minimum_size(name):
-    spec = BACKBONES[name]
-    backbone = build_backbone(name, "none", spec.min_size)
-    assert backbone.output_shape[-1] == spec.features
-
-
 def test_below_minimum_size_is_an_error():
     with pytest.raises(TlcliError, match="minimum"):
         build_backbone("xception", "none", 64)
