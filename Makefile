@@ -29,7 +29,7 @@ demo: $(BIN)/tlcli
 	@echo "Done. Look in $(DEMO_RUN)/: curves.png (loss and accuracy per epoch), model.keras, export/model.tflite"
 
 test: $(BIN)/tlcli
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 sample-data: $(BIN)/tlcli
 	$(BIN)/python sample_data/generate.py
