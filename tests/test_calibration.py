@@ -85,3 +85,12 @@ def test_a_run_saves_and_exports_calibrated_probabilities(tmp_path, cli):
     assert cli(["export", "--model", run, "--tflite", "-q"]).exit_code == 0
     tflite = runtime.run_batches(runtime.open_model(resolve_model(str(run / "export" / "model.tflite"))), val.images)
     assert np.allclose(tflite, keras_probs, atol=1e-5)
+
+
+def test_a_validation_set_without_mistakes_is_not_calibrated(tmp_path):
+    """Nothing to weigh: the fit would sharpen every answer to its bound, so the model is left as is."""
+    from tlcli.finalize import _calibrate
+
+    probabilities = np.tile([[0.9, 0.05, 0.05]], (30, 1))
+    result = _calibrate(None, tmp_path / "model.keras", probabilities, np.zeros(30, int))
+    assert "skipped" in result and not (tmp_path / "model.keras").exists()

@@ -100,6 +100,10 @@ def _calibrate(model, path: Path, probabilities: np.ndarray, labels: np.ndarray)
     what it changed. Too few images would fit noise: below MIN_CALIBRATION_IMAGES it is skipped."""
     if len(labels) < MIN_CALIBRATION_IMAGES:
         return {"skipped": f"fewer than {MIN_CALIBRATION_IMAGES} validation images"}
+    if (probabilities.argmax(1) == labels).all():
+        # With no mistake to weigh, the NLL falls without end as T shrinks: a fit would only
+        # sharpen every answer to the bound, claiming a certainty 20 images cannot show.
+        return {"skipped": "every validation image is right: no mistake to calibrate against"}
     temperature = fit_temperature(probabilities, labels)
     fold_temperature(model, temperature)
     save_model(model, path)
