@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -35,7 +36,9 @@ def test_upsample_places_the_cells_where_the_span_says():
     my, mx = np.unravel_index(np.argmax(moved), moved.shape)
     assert (py, px) in ((14, 14), (14, 15), (15, 14), (15, 15))
     assert abs((my - py) - 5) <= 1 and abs((mx - px) + 5) <= 1
-    assert 0 <= moved.min() and moved.max() <= 1
+    # Moving the map shifts the peak without changing its height, and the interpolation leaves
+    # no negative ring around it (a cubic one would).
+    assert moved.max() == pytest.approx(plain.max()) and moved.min() == 0.0
 
 
 def test_contact_sheet_is_a_grid_with_captions(tmp_path):
