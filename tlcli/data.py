@@ -18,6 +18,7 @@ import numpy as np
 from tlcli import fs
 from tlcli.errors import TlcliError
 from tlcli.images import load_images
+from tlcli.labelfile import Columns, read_label_file
 # Until every caller imports them from tlcli.images:
 from tlcli.images import ImageError, load_image, printable_path  # noqa: F401
 
@@ -49,6 +50,7 @@ class ImageFolder:
     test: Split | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
+    drawn_from: str | None = None  # where --val-split drew val from: "all", "train", or None (val given)
 
 
 # ---------------------------------------------------------------- discovery (no decoding)
@@ -156,38 +158,10 @@ def expand_path(arg: str) -> tuple[list[str], str | None]:
     return images, None if images else "no image file matches this pattern"
 
 
-FILE_LIST_HEADER = "# tlcli file list"  # the first line of the lists `tlcli check --write-clean` writes
-
-
 def is_file_list(data_dir: Path | str) -> bool:
-    """Whether DATA_DIR names a file list (as `tlcli check --write-clean` writes) instead of a folder."""
+    """Whether DATA_DIR names a label file (CSV, JSON, JSON lines, or a file list `tlcli check
+    --write-clean` wrote) instead of a folder."""
     return not fs.is_dir(data_dir) and fs.exists(data_dir) and not is_image_file(data_dir)
-
-
-def read_file_list(path: Path | str) -> dict[str, dict[str, list]]:
-    """{split: {class: image files}} of a file list: one image a line, `split<TAB>class<TAB>path`,
-    the split being train, val or test, or all for images to split by --val-split; lines starting
-    with # are comments. A relative path is relative to the list's folder."""
-    with _reading(path):
-        text = fs.read_bytes(path).decode("utf-8", "replace")
-    base = path.rsplit("/", 1)[0] if fs.is_url(path) else Path(path).resolve().parent
-    found: dict[str, dict[str, list]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0] not in ("all",) + SPLIT_NAMES or not parts[1] or not parts[2]:
-            raise TlcliError(f"{path}, line {number}: expected split<TAB>class<TAB>path, the split being "
-                             f"all, train, val or test.")
-        split, name, file = parts
-        file = fs.as_path(file) if fs.is_url(file) or os.path.isabs(file) else fs.join(base, file)
-        found.setdefault(split, {}).setdefault(name, []).append(file)
-    if not found:
-        raise TlcliError(f"{path} is neither a folder of images nor a file list with any image in it.")
-    if "all" in found and len(found) > 1:
-        others = ", ".join(sorted(set(found) - {"all"}))
-        raise TlcliError(f"{path} mixes split 'all' with {others}: use one or the other.")
-    return found
 
 
 # ---------------------------------------------------------------- splitting
@@ -207,18 +181,23 @@ def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[li
 
 
 def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
-                classes: list[str] | None = None) -> ImageFolder:
-    """Find and split every image file of DATA_DIR (either layout, or a file list) without decoding any.
+                classes: list[str] | None = None, columns: Columns | None = None) -> ImageFolder:
+    """Find and split every image file of DATA_DIR (either layout, or a label file) without decoding any.
 
     The result holds paths and labels only (`images` is None): training streams the files
     through the decoder, so memory does not grow with the dataset. `classes` restricts the
-    classes to those (a resumed run's); any of them missing is an error.
+    classes to those (a resumed run's); any of them missing is an error. `columns`: those a
+    label file's paths and labels are in, when not found by name. A label file's bad rows are
+    in `skipped` from the start.
     """
     data_dir = fs.as_path(data_dir)
     notes: list[str] = []
     found: dict[str, dict[str, list]] = {}
-    if is_file_list(data_dir):
-        found = read_file_list(data_dir)
+    skipped: list[tuple[str, str]] = []
+    listed = is_file_list(data_dir)
+    if listed:
+        table = read_label_file(data_dir, columns)
+        found, skipped, notes = table.by_split(), table.skipped, list(table.notes)
     else:
         layout = detect_layout(data_dir)
         with _reading(data_dir):
@@ -233,9 +212,14 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
     if classes is not None:
         missing = sorted(set(classes) - set(class_names))
         if missing:
-            raise TlcliError(f"class folder(s) {', '.join(missing)} are no longer in {data_dir}.")
+            kind = "class(es)" if listed else "class folder(s)"
+            raise TlcliError(f"{kind} {', '.join(missing)} are no longer in {data_dir}.")
         class_names = list(classes)
-    _need_two_classes(class_names, f"{data_dir}/train" if main == "train" else str(data_dir))
+    if listed:
+        where = f"the train rows of {data_dir}" if main == "train" else str(data_dir)
+    else:
+        where = (f"{data_dir}/train" if main == "train" else str(data_dir)) + " (one folder per class)"
+    _need_two_classes(class_names, where)
 
     def make_split(split: str) -> Split:
         labels, paths = [], []
@@ -248,7 +232,8 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
     for split in ("val", "test"):
         unknown = sorted(set(found.get(split, {})) - set(class_names))
         if unknown:
-            notes.append(f"{split}/ classes not in train/ are ignored: {', '.join(unknown)}.")
+            what = f"{split} rows' classes not in the train rows" if listed else f"{split}/ classes not in train/"
+            notes.append(f"{what} are ignored: {', '.join(unknown)}.")
     if main == "all":
         everything = make_split("all")
         train_idx, val_idx = stratified_split(everything.labels.tolist(), val_split, seed)
@@ -261,7 +246,8 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
             train_idx, val_idx = stratified_split(train.labels.tolist(), val_split, seed)
             train, val = _subset(train, train_idx), _subset(train, val_idx)
         test = make_split("test") if "test" in found else None
-    return ImageFolder(class_names, train, val, test, [], notes)
+    drawn_from = "all" if main == "all" else None if "val" in found else "train"
+    return ImageFolder(class_names, train, val, test, list(skipped), notes, drawn_from)
 
 
 def drop_unusable(folder: ImageFolder, failed: dict[str, str], drop_classes: bool = True) -> ImageFolder:
@@ -282,24 +268,24 @@ def drop_unusable(folder: ImageFolder, failed: dict[str, str], drop_classes: boo
     for label in sorted(set(range(len(folder.class_names))) - present):
         notes.append(f"class '{folder.class_names[label]}' has no usable images; left out.")
     class_names = [folder.class_names[label] for label in kept]
-    _need_two_classes(class_names, "DATA_DIR")
+    _need_two_classes(class_names, "DATA_DIR (one folder per class)")
     if len(kept) < len(folder.class_names):
         renumber = {old: new for new, old in enumerate(kept)}
         train, val, test = (None if s is None else _relabel(s, renumber) for s in (train, val, test))
     skipped = folder.skipped + [(printable_path(p), reason) for p, reason in failed.items()]
     if len(val) == 0:
         raise TlcliError("no validation images: add a val/ folder or more images per class.")
-    return ImageFolder(class_names, train, val, test, skipped, notes)
+    return ImageFolder(class_names, train, val, test, skipped, notes, folder.drawn_from)
 
 
 def load_folder(data_dir: str | os.PathLike, size: int, val_split: float = 0.2, seed: int = 0,
-                progress=None) -> ImageFolder:
+                progress=None, columns: Columns | None = None) -> ImageFolder:
     """Find, split and decode every image of DATA_DIR into memory, skipping unusable ones.
 
     For the small sets evaluate and export check on; training streams instead (`find_folder`).
     Both split before decoding and drop failed files after, so they agree on every split.
     """
-    folder = find_folder(data_dir, val_split, seed)
+    folder = find_folder(data_dir, val_split, seed, columns=columns)
     splits = [s for s in (folder.train, folder.val, folder.test) if s is not None]
     paths = [p for s in splits for p in s.paths]
     if progress:
@@ -323,8 +309,7 @@ def _failures(paths: list[str], ok: list[int], skipped: list[tuple[str, str]]):
 
 def _need_two_classes(class_names: list[str], where: str) -> None:
     if len(class_names) < 2:
-        raise TlcliError(f"need at least 2 classes with usable images in {where} (one folder per class); "
-                         f"found {len(class_names)}.")
+        raise TlcliError(f"need at least 2 classes with usable images in {where}; found {len(class_names)}.")
 
 
 def _relabel(split: Split, renumber: dict[int, int]) -> Split:
