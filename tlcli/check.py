@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from tlcli import check_report, fs, similarity, suspects
-from tlcli.data import SPLIT_NAMES, ImageFolder, detect_layout, find_folder, is_file_list, read_file_list
+from tlcli.data import SPLIT_NAMES, ImageFolder, find_folder
 from tlcli.errors import TlcliError
 from tlcli.images import decode_batches, printable_path
+from tlcli.labelfile import reason_counts
 
 TINY_SIDE = 64  # px: the shorter side below which little is left for a backbone (224 px) to see
 EXTREME_ASPECT = 3.0  # longer side / shorter side: squashed 3x into the square input
@@ -48,6 +49,7 @@ class CheckResult:
     health: dict
     features: str  # what the label check used: a backbone, "pixels", "model: PATH", or "none"
     unreadable: list[int] = field(default_factory=list)  # indices into files
+    skipped_rows: list[tuple[str, str]] = field(default_factory=list)  # a label file's bad rows: (path, reason)
     drawn_from: str | None = None  # the folder val was drawn from by --val-split: "all", "train", or None
     notes: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
@@ -79,7 +81,8 @@ class CheckResult:
                                                          for i, j, d, c in g["pairs"]]} for g in self.near],
             "suspects": [{**self.files[s["index"]], **{k: v for k, v in s.items() if k not in ("index", "given")}}
                          for s in self.suspects],
-            "health": self.health, "notes": self.notes, "seconds": self.seconds,
+            "health": self.health, "skipped_rows": [{"path": p, "reason": r} for p, r in self.skipped_rows],
+            "notes": self.notes, "seconds": self.seconds,
             "out_dir": str(self.out_dir) if self.out_dir else None, "written": self.written,
         }
 
@@ -112,14 +115,15 @@ def quick_check(data_dir, folder: ImageFolder | None = None) -> str | None:
 
 def check_folder(data_dir, model=None, features: str = FEATURES, val_split: float | None = None,
                  seed: int | None = None, output=None, write_clean=None, batch_size: int = 32,
-                 console=None, quiet: bool = False) -> CheckResult:
+                 console=None, quiet: bool = False, columns=None) -> CheckResult:
     """Check DATA_DIR (class folders, or train/ val/ test/) split as training would split it.
 
     `model`: a ModelRef (rundir.resolve_model) whose probabilities judge the labels, and whose
     run's val_split and seed are used unless given. `features`: "auto", "pixels", "none" or a
     backbone name (ImageNet weights). Writes check.json and the contact sheets to `output`
     (default: <run>/check with a model in a run, else ./check) and, with `write_clean`, the
-    list of files to keep (see check_report.write_clean_list).
+    list of files to keep (see check_report.write_clean_list). `columns`: a label file's
+    (tlcli.labelfile.Columns), when not found by name.
     """
     from rich.console import Console
 
@@ -131,13 +135,16 @@ def check_folder(data_dir, model=None, features: str = FEATURES, val_split: floa
     run_config = _run_config(model)
     val_split = float(run_config.get("val_split", 0.2)) if val_split is None else val_split
     seed = int(run_config.get("seed", 0)) if seed is None else seed
-    folder = find_folder(data_dir, val_split, seed)
+    folder = find_folder(data_dir, val_split, seed, columns=columns)
     out_dir = check_report.output_folder(data_dir, output, model)
     if write_clean is not None:
         check_report.check_list_target(write_clean)
     files = _files(folder)
     paths = [f["path"] for f in files]
     notes = list(folder.warnings)
+    if folder.skipped:  # a label file's bad rows
+        notes.append(f"{len(folder.skipped)} row(s) of {data_dir} left out, as training leaves them out "
+                     f"({reason_counts(folder.skipped)}); see check.json's skipped_rows.")
     seconds = {"find": time.perf_counter() - started}
 
     embedder, embed_size, features, embeds = _embedder(features, model, notes, say)
@@ -181,7 +188,7 @@ def check_folder(data_dir, model=None, features: str = FEATURES, val_split: floa
 
     health = folder_health(folder, files, headers, decoded, val_split)
     result = CheckResult(str(data_dir), folder.class_names, files, exact, near, found, health, features,
-                         sorted(decoded["failed"]), _drawn_from(data_dir), notes, seconds, out_dir)
+                         sorted(decoded["failed"]), folder.skipped, folder.drawn_from, notes, seconds, out_dir)
     mark = time.perf_counter()
     check_report.write_outputs(result, write_clean)
     seconds["write"] = time.perf_counter() - mark
@@ -208,14 +215,6 @@ def _same_data(a, b) -> bool:
     if not a or fs.is_url(str(a)) or fs.is_url(str(b)):
         return str(a).rstrip("/") == str(b).rstrip("/")
     return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _drawn_from(data_dir) -> str | None:
-    """Where find_folder drew the val split from: "all" (class folders), "train" (train/ without
-    val/), or None (val/ is a folder, or val lines in a file list)."""
-    data_dir = fs.as_path(data_dir)
-    splits = set(read_file_list(data_dir) if is_file_list(data_dir) else detect_layout(data_dir))
-    return "all" if "all" in splits else None if "val" in splits else "train"
 
 
 def _files(folder: ImageFolder) -> list[dict]:

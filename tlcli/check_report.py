@@ -4,6 +4,8 @@ the summary tables. Pillow and rich only; the findings come from `tlcli.check`.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
 from pathlib import Path
@@ -11,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from tlcli import fs
-from tlcli.data import FILE_LIST_HEADER, SPLIT_NAMES
+from tlcli.data import SPLIT_NAMES
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, printable_path
+from tlcli.labelfile import LIST_HEADER
 from tlcli.overlay import SHEET_TILE, contact_sheet, load_original
 from tlcli.rundir import owning_run, write_json, write_text
 
@@ -139,7 +142,7 @@ def check_list_target(path) -> Path:
     if path.exists():
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
-                ours = f.readline().startswith(FILE_LIST_HEADER)
+                ours = f.readline().startswith(LIST_HEADER)
         except OSError:
             ours = False
         if not ours:
@@ -148,35 +151,33 @@ def check_list_target(path) -> Path:
 
 
 def write_clean_list(result, path) -> Path:
-    """The files to train on, one a line as `split<TAB>class<TAB>path` (tlcli.data reads it in
-    place of DATA_DIR): every file but those `left_out` says; absolute paths. Only a missing file
-    or an earlier file list is overwritten."""
+    """The files to train on, as a label file (tlcli.labelfile): two comment lines, then CSV
+    with the columns path,label,split; every file but those `left_out` says; absolute paths.
+    Only a missing file or an earlier file list is overwritten."""
     path = check_list_target(path)
     dropped = left_out(result)
-    # A val split drawn by --val-split goes back to the folder it was drawn from: train re-draws it.
+    # A val split drawn by --val-split goes back to the rows it was drawn from: train re-draws it.
     drawn = {"val": result.drawn_from} if result.drawn_from else {}
-    lines, unlistable = [], 0
+    rows = []
     for i, f in enumerate(result.files):
-        if i in dropped:
-            continue
-        name = f["path"] if fs.is_url(f["path"]) else os.path.abspath(f["path"])
-        if "\t" in name or "\n" in name or "\r" in name or "\t" in f["class"]:
-            unlistable += 1
-            continue
-        split = "all" if result.drawn_from == "all" else drawn.get(f["split"], f["split"])
-        lines.append(f"{split}\t{f['class']}\t{name}")
+        if i not in dropped:
+            name = f["path"] if fs.is_url(f["path"]) else os.path.abspath(f["path"])
+            split = "" if result.drawn_from == "all" else drawn.get(f["split"], f["split"])
+            rows.append([printable_path(name), f["class"], split])
     reasons: dict[str, int] = {}
     for why in dropped.values():
         key = why.split(" of ")[0].split(":")[0]
         reasons[key] = reasons.get(key, 0) + 1
     summary = ", ".join(f"{key} {n}" for key, n in sorted(reasons.items())) or "nothing"
-    header = [f"{FILE_LIST_HEADER}: split<TAB>class<TAB>path, one image a line; `tlcli train` takes this file "
-              "in place of DATA_DIR",
-              f"# written by tlcli check {printable_path(result.data_dir)} on {time.strftime('%Y-%m-%d %H:%M')}: "
-              f"{len(lines)} of {len(result.files)} images; left out: {summary}"]
-    if unlistable:
-        header.append(f"# {unlistable} file(s) whose names hold a tab or line break could not be listed")
-    write_text(path, "\n".join(header + lines) + "\n")
+    text = io.StringIO()
+    text.write(f"{LIST_HEADER}: a label file (CSV after these comment lines); `tlcli train` takes it in place "
+               "of DATA_DIR\n")
+    text.write(f"# written by tlcli check {printable_path(result.data_dir)} on {time.strftime('%Y-%m-%d %H:%M')}: "
+               f"{len(rows)} of {len(result.files)} images; left out: {summary}\n")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "split"])
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
     return path
 
 
