@@ -2,16 +2,14 @@
 
 Any model kind runs on the same `tlcli.runtime` Runner as in `tlcli predict` (so a .keras model
 and its .tflite exports can be compared on equal terms), and the metrics are plain numpy. The
-images of DATA_DIR are matched to the model by class *name*, never by folder order, and any
-disagreement between the two is an error rather than a silent shift of indices. DATA_DIR may be
+images of DATA_DIR are matched to the model by class *name* (tlcli.evalset). DATA_DIR may be
 a URL TensorFlow reads (gs://…): it stays a string throughout (`tlcli.fs`).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from rich.console import Console
 
 from tlcli import fs
 from tlcli.calibration import ECE_BINS, calibration_report, reliability_bins
-from tlcli.data import SPLIT_NAMES, detect_layout, discover, load_folder
+from tlcli.evalset import load_eval_set
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
 from tlcli.predict import classify
@@ -27,7 +25,6 @@ from tlcli.progress import Step, make_progress
 from tlcli.rundir import ModelRef, owning_run, write_csv, write_json
 from tlcli.runtime import TTARunner, open_model, run_batches
 
-SPLITS = (*SPLIT_NAMES, "all")
 _EPSILON = 1e-7  # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; so do we
 
 
@@ -87,128 +84,6 @@ def compute_metrics(y_true, probs, class_names: list[str], top_k: int = 3) -> di
         "class_names": list(class_names),
         "confusion_matrix": matrix.tolist(),
     }
-
-
-# ---------------------------------------------------------------- the data to evaluate on
-
-
-@dataclass
-class EvalSet:
-    """The images of one split with labels as indices into the *model's* labels."""
-
-    split: str
-    paths: list[str]
-    labels: np.ndarray
-    images: np.ndarray | None = None  # already decoded (a re-made split), else decoded while predicting
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: int, split: str | None = None,
-                  console: Console | None = None, quiet: bool = True) -> EvalSet:
-    """Find the images of `split` in DATA_DIR (either training layout) and label them by class name.
-
-    Default split: test/ if present, else val/. A class-folder DATA_DIR is evaluated whole
-    (split "all"); `--split val` or `train` there (or `val` when there is no val/ folder) re-makes
-    the run's own split from its config.json (same val_split and seed as training).
-    """
-    data_dir = fs.as_path(data_dir)
-    if split is not None and split not in SPLITS:
-        raise TlcliError(f"--split must be one of {', '.join(SPLITS)}; not '{split}'.")
-    layout = detect_layout(data_dir)
-    folders = sorted(layout) if "all" not in layout else []
-    if split is None:
-        split = "all" if "all" in layout else "test" if "test" in layout else "val"
-    if split == "all" and "all" not in layout:
-        raise TlcliError(f"{data_dir} has {'/, '.join(folders)}/ folders: choose one with --split {'|'.join(folders)}.")
-    if split == "test" and "test" not in layout:
-        raise TlcliError(f"{data_dir} has no test/ folder; use --split val (or all, for a folder of classes).")
-    folder = layout.get(split) or (layout["all"] if split == "all" else None)
-    if folder is None:
-        return _remade_split(data_dir, layout, ref, labels, size, split, console, quiet)
-
-    classes, notes = discover(folder)
-    skipped, left_out = _drop_unusable_classes(classes, labels, size)
-    where = fs.name(data_dir) if split == "all" else f"{fs.name(data_dir)}/{fs.name(folder)}"
-    index = _match_labels(list(classes), labels, where)
-    paths = [str(p) for name in sorted(classes) for p in classes[name]]
-    y = np.asarray([index[name] for name in sorted(classes) for _ in classes[name]], np.int32)
-    if split == "all":
-        notes.append(f"evaluating every image in {data_dir} (it has no val/ or test/ folder); "
-                     "--split val re-makes the run's validation split.")
-    return EvalSet(split, paths, y, skipped=skipped, notes=notes + left_out)
-
-
-def _remade_split(data_dir: Path | str, layout: dict, ref: ModelRef, labels: list[str], size: int, split: str,
-                  console: Console | None, quiet: bool) -> EvalSet:
-    """The run's own train/val split of DATA_DIR, re-made exactly as `tlcli train` made it."""
-    run = owning_run(ref)
-    if run is None:
-        raise TlcliError(f"{data_dir} has no {split}/ folder and '{ref.path}' belongs to no run folder "
-                         "whose config.json could re-make the split; use --split all or a folder with val/.")
-    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    main = layout.get("all") or layout["train"]
-    found = discover(main)[0]
-    _drop_unusable_classes(found, labels, size)
-    _match_labels(list(found), labels, str(main))  # fail before decoding the whole folder
-    notes = []
-    trained_on = config.get("data_dir")
-    if trained_on and not _same_folder(trained_on, data_dir):
-        notes.append(f"the run was trained on {trained_on}; its {split} split is re-made on {data_dir} instead.")
-    with make_progress(console or Console(stderr=True), quiet) as progress:
-        loading = Step(progress, "Loading images")
-        data = load_folder(data_dir, size, float(config.get("val_split", 0.2)), int(config.get("seed", 0)), loading)
-        loading.done()
-    part = data.train if split == "train" else data.val
-    index = _match_labels(data.class_names, labels, str(data_dir))
-    y = np.asarray([index[data.class_names[label]] for label in part.labels], np.int32)
-    notes.append(f"{split} split re-made from {data_dir} with the run's val_split and seed.")
-    if data.skipped:  # unreadable before any split was made: in neither split, as in training
-        notes.append(f"{len(data.skipped)} unreadable file(s) in {data_dir} left out, as in training.")
-    return EvalSet(split, part.paths, y, part.images, notes=notes + data.warnings)
-
-
-def _same_folder(a, b) -> bool:
-    """Whether two DATA_DIRs name one folder: resolved locally, compared as text for URLs."""
-    if fs.is_url(str(a)) or fs.is_url(str(b)):
-        return str(a).rstrip("/") == str(b).rstrip("/")
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def _drop_unusable_classes(classes: dict, labels: list[str], size: int) -> tuple[list, list[str]]:
-    """Leave out, as training did, the class folders the model does not know that hold no
-    readable image (a folder of broken files is no reason to refuse the rest). Changes `classes`;
-    returns their files as (path, reason) and a note for each.
-    """
-    skipped, notes = [], []
-    for name in sorted(set(classes) - set(labels)):
-        reasons = []
-        for path in classes[name]:
-            try:
-                load_image(path, size)
-                break  # a usable image: a class the model really does not know
-            except ImageError as error:
-                reasons.append((str(path), str(error)))
-        else:
-            del classes[name]
-            skipped += reasons
-            notes.append(f"class '{name}' has no usable images; left out, as in training.")
-    return skipped, notes
-
-
-def _match_labels(found: list[str], labels: list[str], where: str) -> dict[str, int]:
-    """{class name: model label index}; an error when DATA_DIR and the model disagree on the classes."""
-    unknown = sorted(set(found) - set(labels))
-    missing = [name for name in labels if name not in set(found)]
-    if unknown or missing:
-        parts = []
-        if unknown:
-            parts.append(f"classes the model does not know: {', '.join(unknown)}")
-        if missing:
-            parts.append(f"model classes with no images there: {', '.join(missing)}")
-        raise TlcliError(f"{where} does not match the model's labels ({'; '.join(parts)}). "
-                         f"The model knows: {', '.join(labels)}.")
-    return {name: labels.index(name) for name in found}
 
 
 def default_output(ref: ModelRef) -> Path:
