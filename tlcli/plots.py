@@ -42,6 +42,26 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     _save(fig, path)
 
 
+def plot_compare_curves(runs: list[tuple[str, list[dict]]], path: str | Path) -> None:
+    """Several runs' curves on the same axes, one colour each: validation solid, training dashed,
+    each run's start of fine-tuning dotted in its colour."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for i, (label, history) in enumerate(runs):
+            colour, epochs = f"C{i}", [row["epoch"] for row in history]
+            ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", color=colour, label=f"{label} (val)")
+            ax.plot(epochs, [row[metric] for row in history], "--", color=colour, alpha=0.6, label=f"{label} (train)")
+            boundary = [row["epoch"] for row in history if row["phase"] == 2]
+            if boundary and boundary[0] > epochs[0]:
+                ax.axvline(boundary[0] - 0.5, color=colour, linestyle=":")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric + " (dotted: fine-tuning starts)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def plot_image_grid(grid, path: str | Path, row_titles: list[str] | None = None,
                     col_titles: list[str] | None = None) -> None:
     """A grid of uint8 images shaped (rows, cols, h, w, 3)."""
