@@ -376,6 +376,7 @@ def export(
 
 
 from tlcli import cli_check  # noqa: E402,F401  (registers `tlcli check` on the same app, listed last)
+from tlcli import cli_runs  # noqa: E402,F401  (registers `tlcli runs`)
 
 
 def main():

@@ -159,3 +159,123 @@ def export_table(result) -> Table:
 
 def _megabytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def runs_summary(records: list, project: str, width: int | None = None) -> list:
+    """`tlcli runs`: one row per run, then how to resume each interrupted run, why each failed
+    one counts as failed, and any file that could not be read. When every run trained on the
+    same data folder, the title says which, and the table has a column less. `width`: the
+    terminal's, which the text columns then share so that the table fits."""
+    from rich import box
+    from rich.markup import escape
+    from rich.text import Text
+
+    from tlcli.runs import COLUMNS
+
+    folders = {r.data_dir for r in records}
+    shared = _short_path(folders.pop()) if len(folders) == 1 else None
+    title = f"{len(records)} run(s) in {project}" + (f", all on {shared}" if shared else "")
+    columns = [c for c in COLUMNS if not (shared and c == "data")]
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  padding=0)
+    styles = {"complete": "green", "interrupted": "yellow", "failed": "red"}
+    rows = []
+    for r in records:
+        test = "—" if r.test_accuracy is None else \
+            f"{r.test_accuracy:.3f}" + ("" if r.eval_split == "test" else f" ({r.eval_split or '?'})")
+        cells = {"name": Text(r.name, style="bold"), "date": r.date[:16].replace("T", " ") if r.date else "—",
+                 "data": Text(_short_path(r.data_dir)), "backbone": Text(r.backbone or "—"),
+                 "size": "—" if r.image_size is None else str(r.image_size),
+                 "val_acc": "—" if r.val_accuracy is None else f"{r.val_accuracy:.3f}", "test_acc": test,
+                 "time": _duration(r.seconds), "status": Text(r.status, style=styles[r.status]),
+                 "exports": Text(", ".join(map(_export_name, r.exports)) or "—")}
+        rows.append([cells[c] for c in columns])
+    wrapping = ("data", "backbone", "exports")
+    widths = _shared_widths(columns, rows, width, wrapping)
+    for column in columns:  # names, figures and status stay whole; the date wraps between day and time
+        table.add_column(column, justify="right" if column in ("size", "val_acc", "test_acc", "time") else "left",
+                         overflow="fold", no_wrap=column not in ("date", *wrapping),
+                         width=widths.get(column))
+    for row in rows:
+        table.add_row(*row)
+    notes = []
+    for r in records:
+        if r.resume:
+            notes.append(Text.assemble((r.name, "bold"), ": interrupted; continue with ", (r.resume, "bold")))
+        if r.note:
+            notes.append(Text.assemble((r.name, "bold"), f": failed, {r.note}."))
+        if r.problems:
+            notes.append(Text.assemble((r.name, "bold"), f": {'; '.join(r.problems)}.", style="yellow"))
+    return [table, *notes]
+
+
+def _shared_widths(columns: list[str], rows: list[list], width: int | None, wrapping: tuple) -> dict[str, int]:
+    """Widths that fit the table in `width` (one space between columns): the `wrapping` columns
+    share what the others leave, in proportion to what each would need beyond its header, and
+    the date wraps between day and time only when they cannot. Rich's own narrowing evens the
+    columns out and can leave the table wider than the terminal. {} when the table fits as it is."""
+    natural = {c: max([len(c)] + [len(str(row[i])) for row in rows]) for i, c in enumerate(columns)}
+    if width is None or sum(natural.values()) + len(columns) - 1 <= width:
+        return {}
+    flexible = [c for c in columns if c in wrapping]
+    least = {c: len(c) for c in flexible}
+    for date in (natural.get("date", 0), min(natural.get("date", 0), 10)):
+        fixed = sum(w for c, w in natural.items() if c not in flexible and c != "date") + date
+        spare = width - (len(columns) - 1) - fixed - sum(least.values())
+        if spare >= 0:
+            break
+    share = sum(natural[c] - least[c] for c in flexible)
+    widths = {c: least[c] + min(natural[c] - least[c], max(0, spare) * (natural[c] - least[c]) // max(1, share))
+              for c in flexible}
+    return {**widths, **({"date": date} if "date" in natural else {})}
+
+
+def compare_table(comparison) -> Table:
+    """`tlcli runs --compare`: the two runs' settings and figures, the rows that differ highlighted."""
+    from rich.markup import escape
+    from rich.text import Text
+
+    a, b = (r.path for r in comparison.runs)
+    table = Table(title=escape(f"{a} vs {b}"), caption="≠ marks the rows that differ", title_justify="left",
+                  caption_justify="left")
+    table.add_column("", no_wrap=True)
+    table.add_column("setting", no_wrap=True)
+    table.add_column(escape(a), overflow="fold")
+    table.add_column(escape(b), overflow="fold")
+    for i, (section, key, first, second) in enumerate(comparison.rows):
+        last = i + 1 == len(comparison.rows) or comparison.rows[i + 1][0] != section
+        differs = first != second
+        table.add_row("≠" if differs else "", Text(key, style="dim" if not differs else ""), Text(first), Text(second),
+                      style="bold yellow" if differs else None, end_section=last)
+    return table
+
+
+def _export_name(file: str) -> str:
+    """An export's format as `tlcli export` names it: model_int8.tflite -> int8, model.onnx -> onnx."""
+    stem, _, suffix = file.rstrip("/").partition(".")
+    if stem == "model" and suffix:
+        return suffix
+    return stem.removeprefix("model_") if suffix == "tflite" else file.rstrip("/")
+
+
+def _short_path(path: str | None) -> str:
+    """A data folder as the user would type it: relative below the working directory, ~ for home."""
+    if not path:
+        return "—"
+    if "://" in path:
+        return path
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(Path(path).relative_to(base))
+        except ValueError:
+            continue
+    return path
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = int(round(seconds)) // 60
+    return f"{minutes}m {int(round(seconds)) % 60:02d}s" if minutes < 60 else f"{minutes // 60}h {minutes % 60:02d}m"
