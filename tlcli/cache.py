@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tlcli.data import drop_unusable
 from tlcli.errors import TlcliError
+from tlcli.labelfile import skipped_count
 from tlcli.model import build_classifier, feature_model, freeze_backbone, pretrained, split_backbone
 from tlcli.progress import Step, make_progress
 from tlcli.rundir import write_csv, write_json, write_text
@@ -219,7 +220,8 @@ def _report_skipped(s, found) -> None:
     for note in data.warnings[len(found.warnings):]:
         s.say(f"[yellow]warning:[/] {note}")
     if data.skipped:
-        s.say(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]; see skipped.csv")
+        # found.skipped: a label file's bad rows, left out before any decoding
+        s.say(f"[yellow]skipped {skipped_count(len(data.skipped), len(found.skipped))}[/]; see skipped.csv")
     if s.chief and data.skipped:
         write_csv(s.run / "skipped.csv", ["path", "reason"], data.skipped)
     if s.chief and data.class_names != found.class_names:

@@ -152,15 +152,14 @@ def _json_records(text: str, name: str) -> tuple[list[str], list, list]:
 
 def _jsonl_records(text: str, name: str) -> tuple[list[str], list, list]:
     """JSON lines: one object a line; a line that is not one is a bad row, not a bad file."""
-    entries, bad = [], []
+    entries = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 entries.append((f"{name}, line {number}", json.loads(line)))
             except ValueError:
-                bad.append((f"{name}, line {number}", "not a JSON object"))
-    header, records, not_objects = _objects(entries)
-    return header, records, bad + not_objects
+                entries.append((f"{name}, line {number}", None))  # as bad as a line that is not an object
+    return _objects(entries)
 
 
 def _objects(entries: list) -> tuple[list[str], list, list]:
@@ -283,6 +282,13 @@ def _settle_splits(rows: list[LabelRow]) -> tuple[list[LabelRow], list[str]]:
     rows = [LabelRow(r.path, r.labels, "train", r.where) if r.split == UNSPLIT else r for r in rows]
     drawn = "" if "val" in given else ", and --val-split draws val from them"
     return rows, [f"{loose} row(s) without a split value are training rows{drawn}."]
+
+
+def skipped_count(skipped: int, rows: int) -> str:
+    """"3 unreadable file(s) and 2 bad row(s) of the label file": of `skipped`, `rows` were rows."""
+    parts = [f"{n} {what}" for n, what in ((skipped - rows, "unreadable file(s)"),
+                                           (rows, "bad row(s) of the label file")) if n]
+    return " and ".join(parts)
 
 
 def reason_counts(skipped: list[tuple[str, str]]) -> str:
