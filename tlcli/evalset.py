@@ -15,9 +15,10 @@ import numpy as np
 from rich.console import Console
 
 from tlcli import fs
-from tlcli.data import SPLIT_NAMES, detect_layout, discover, load_folder
+from tlcli.data import SPLIT_NAMES, detect_layout, discover, find_folder, is_file_list, load_folder
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
+from tlcli.labelfile import Columns, read_label_file
 from tlcli.progress import Step, make_progress
 from tlcli.rundir import ModelRef, owning_run
 
@@ -34,19 +35,24 @@ class EvalSet:
     images: np.ndarray | None = None  # already decoded (a re-made split), else decoded while predicting
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    bad_rows: int = 0  # how many of `skipped` are a label file's bad rows (the first ones)
 
 
 def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: int, split: str | None = None,
-                  console: Console | None = None, quiet: bool = True) -> EvalSet:
-    """Find the images of `split` in DATA_DIR (either training layout) and label them by class name.
+                  console: Console | None = None, quiet: bool = True, columns: Columns | None = None) -> EvalSet:
+    """Find the images of `split` in DATA_DIR (either training layout, or a label file) and label
+    them by class name.
 
     Default split: test/ if present, else val/. A class-folder DATA_DIR is evaluated whole
     (split "all"); `--split val` or `train` there (or `val` when there is no val/ folder) re-makes
-    the run's own split from its config.json (same val_split and seed as training).
+    the run's own split from its config.json (same val_split and seed as training). A label file
+    is split by its rows' split values in the same way (see `_listed_split`).
     """
     data_dir = fs.as_path(data_dir)
     if split is not None and split not in SPLITS:
         raise TlcliError(f"--split must be one of {', '.join(SPLITS)}; not '{split}'.")
+    if is_file_list(data_dir):
+        return _listed_split(data_dir, ref, labels, size, split, columns)
     layout = detect_layout(data_dir)
     folders = sorted(layout) if "all" not in layout else []
     if split is None:
@@ -60,15 +66,72 @@ def load_eval_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: 
         return _remade_split(data_dir, layout, ref, labels, size, split, console, quiet)
 
     classes, notes = discover(folder)
-    skipped, left_out = _drop_unusable_classes(classes, labels, size)
     where = fs.name(data_dir) if split == "all" else f"{fs.name(data_dir)}/{fs.name(folder)}"
-    index = _match_labels(list(classes), labels, where)
-    paths = [str(p) for name in sorted(classes) for p in classes[name]]
-    y = np.asarray([index[name] for name in sorted(classes) for _ in classes[name]], np.int32)
+    found = _labelled(classes, labels, size, where)
     if split == "all":
         notes.append(f"evaluating every image in {data_dir} (it has no val/ or test/ folder); "
                      "--split val re-makes the run's validation split.")
-    return EvalSet(split, paths, y, skipped=skipped, notes=notes + left_out)
+    return EvalSet(split, found.paths, found.labels, skipped=found.skipped, notes=notes + found.notes)
+
+
+def _labelled(classes: dict[str, list], labels: list[str], size: int, where: str) -> EvalSet:
+    """{class name: files} as paths and model label indices, in class order (split left blank),
+    without the unknown classes that hold no readable image."""
+    skipped, notes = _drop_unusable_classes(classes, labels, size)
+    index = _match_labels(list(classes), labels, where)
+    paths = [str(p) for name in sorted(classes) for p in classes[name]]
+    y = np.asarray([index[name] for name in sorted(classes) for _ in classes[name]], np.int32)
+    return EvalSet("", paths, y, skipped=skipped, notes=notes)
+
+
+def _listed_split(data_file, ref: ModelRef, labels: list[str], size: int, split: str | None,
+                  columns: Columns | None) -> EvalSet:
+    """One split of a label file. Default: its test rows; every row when it has no split column
+    (as a folder of classes), else its val rows. A val split that --val-split drew (no row says
+    val) is re-made as the model's run drew it, from its config.json."""
+    run = owning_run(ref)
+    config = json.loads((run / "config.json").read_text(encoding="utf-8")) if run is not None else {}
+    if columns in (None, Columns()) and config.get("data_dir") and _same_folder(config["data_dir"], data_file):
+        columns = Columns(config.get("path_column"), config.get("label_column"))  # the run read it so
+    table = read_label_file(data_file, columns)
+    found, notes = table.by_split(), list(table.notes)
+    if split is None:
+        split = "test" if "test" in found else "all" if "all" in found else "val"
+        notes.append(f"evaluating the {split} rows of {data_file}" if split != "all" else
+                     f"evaluating every row of {data_file} (it has no split column); --split val re-makes the "
+                     "run's validation split.")
+    if split == "all":
+        classes: dict[str, list] = {}
+        for part in found.values():
+            for name, files in part.items():
+                classes.setdefault(name, []).extend(files)
+    elif split == "test" or "val" in found:
+        if split not in found:
+            raise TlcliError(f"{data_file} has no {split} rows; choose --split {'|'.join(sorted(found) + ['all'])}.")
+        classes = {name: list(files) for name, files in found[split].items()}
+    else:
+        classes = _drawn_split(data_file, ref, config, split, columns, notes)
+    result = _labelled(classes, labels, size, f"the {split} rows of {fs.name(str(data_file))}")
+    return EvalSet(split, result.paths, result.labels, skipped=table.skipped + result.skipped,
+                   notes=notes + result.notes, bad_rows=len(table.skipped))
+
+
+def _drawn_split(data_file, ref: ModelRef, config: dict, split: str, columns: Columns | None,
+                 notes: list[str]) -> dict:
+    """{class: files} of the train or val split the model's run (`config`) drew from a label file's rows."""
+    if not config:
+        raise TlcliError(f"{data_file} has no val rows and '{ref.path}' belongs to no run folder whose "
+                         "config.json could re-make the split; use --split all or test.")
+    folder = find_folder(data_file, float(config.get("val_split", 0.2)), int(config.get("seed", 0)), columns=columns)
+    part = folder.train if split == "train" else folder.val
+    classes: dict[str, list] = {}
+    for path, label in zip(part.paths, part.labels):
+        classes.setdefault(folder.class_names[int(label)], []).append(path)
+    trained_on = config.get("data_dir")
+    if trained_on and not _same_folder(trained_on, data_file):
+        notes.append(f"the run was trained on {trained_on}; its {split} split is re-made on {data_file} instead.")
+    notes.append(f"{split} split re-made from {data_file} with the run's val_split and seed.")
+    return classes
 
 
 def _remade_split(data_dir: Path | str, layout: dict, ref: ModelRef, labels: list[str], size: int, split: str,

@@ -17,7 +17,9 @@ from rich.console import Console
 
 from tlcli import fs
 from tlcli.calibration import ECE_BINS, calibration_report, reliability_bins
+from tlcli.data import is_file_list
 from tlcli.evalset import load_eval_set
+from tlcli.labelfile import Columns, skipped_count
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
 from tlcli.predict import classify
@@ -108,8 +110,10 @@ class EvalResult:
 
 def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, output: str | Path | None = None,
              top_k: int = 3, batch_size: int = 32, max_errors: int = 16, console: Console | None = None,
-             quiet: bool = False, explain: bool = False, tta: str | None = None) -> EvalResult:
-    """Evaluate the model `ref` on a split of DATA_DIR; write metrics.json, predictions.csv,
+             quiet: bool = False, explain: bool = False, tta: str | None = None,
+             columns: Columns | None = None) -> EvalResult:
+    """Evaluate the model `ref` on a split of DATA_DIR (or of a label file: `columns` names its
+    path and label columns when they are not found by name); write metrics.json, predictions.csv,
     confusion_matrix.png, reliability.png and errors.png into `output` (default: see
     `default_output`). `explain`: errors.png shows each mistake's Grad-CAM heatmap beside it
     (Keras models only). `tta` (flip, flip+crops): the figures are those of the probabilities
@@ -124,12 +128,12 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
         raise TlcliError("--top-k must be at least 1.")
     if max_errors < 0:
         raise TlcliError("--max-errors must be 0 or more.")
-    if not fs.is_dir(data_dir):
-        raise TlcliError(f"'{data_dir}' is not a folder of images.")
+    if not fs.is_dir(data_dir) and not is_file_list(data_dir):
+        raise TlcliError(f"'{data_dir}' is not a folder of images or a label file.")
     start = time.perf_counter()
     runner = open_model(ref)
     views = TTARunner(runner, tta, average=False) if tta else runner  # (n, views, classes): plain first
-    data = load_eval_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet)
+    data = load_eval_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet, columns)
     with make_progress(console, quiet) as progress:
         step = Step(progress, "Predicting" + (f" (TTA: {tta})" if tta else ""))
         step.start(len(data.paths))
@@ -144,7 +148,7 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     skipped = list(data.skipped) + [(data.paths[i], reason) for i, reason in sorted(failed.items())]
     keep = np.asarray([i for i in range(len(data.paths)) if i not in failed], int)
     if skipped and not quiet:
-        console.print(f"[yellow]skipped {len(skipped)} unreadable file(s)[/]; listed in metrics.json")
+        console.print(f"[yellow]skipped {skipped_count(len(skipped), data.bad_rows)}[/]; listed in metrics.json")
     if len(keep) == 0:
         raise TlcliError(f"no readable images in the {data.split} split of {data_dir}.")
     paths = [data.paths[i] for i in keep]
