@@ -156,8 +156,10 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
             from tlcli.data import load_folder
 
             loading = Step(progress, "Loading images")
+            from tlcli.labelfile import Columns
+
             run_data = load_folder(_run_data_dir(ref, config), size, float(config.get("val_split", 0.2)), seed,
-                                   loading)
+                                   loading, Columns(config.get("path_column"), config.get("label_column")))
             loading.done(f"{len(run_data.train)} train, {len(run_data.val)} val")
             if run_data.class_names != ref.labels:
                 raise TlcliError(f"the classes in the run's data folder ({', '.join(run_data.class_names)}) are not "
@@ -254,12 +256,13 @@ def _run_config(ref: ModelRef) -> dict:
 
 
 def _run_data_dir(ref: ModelRef, config: dict, calibration: bool = True, check: bool = True) -> Path:
-    """The run's DATA_DIR, which gives calibration (train split) and check (val split) images."""
+    """The run's DATA_DIR (a folder or a label file), which gives calibration (train split) and
+    check (val split) images."""
     needed = " and ".join(flag for flag, on in (("--calibration-data", calibration), ("--check-data", check)) if on)
     data_dir = config.get("data_dir")
     if not data_dir:
         raise TlcliError(f"'{ref.path}' is not in a run folder with a config.json: pass {needed} DIR.")
-    if not Path(data_dir).is_dir():
+    if not Path(data_dir).exists():
         raise TlcliError(f"the run's data folder '{data_dir}' is not there any more: pass {needed} DIR.")
     return Path(data_dir)
 
