@@ -125,4 +125,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON o
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel="Output")]
 TopK = Annotated[int, typer.Option(help="How many of the best classes to report.")]
 BatchSize = Annotated[int, typer.Option(help="Images per inference batch.")]
+# A label file's columns, for `train`, `evaluate` and `check`, when their names are not ones tlcli knows.
+PathColumn = Annotated[Optional[str], typer.Option(help="The column of a label file (CSV, JSON) holding the image paths (default: one named path, file, filename, image, …).", rich_help_panel="Data", show_default=False)]
+LabelColumn = Annotated[Optional[str], typer.Option(help="The column of a label file holding the labels (default: one named label, class, category, …).", rich_help_panel="Data", show_default=False)]
 Tta = Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: average the probabilities over the image and its mirror (flip), or also over 5 crops at 90% (flip+crops).", show_default=False)]

@@ -11,19 +11,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from tlcli.cli_app import AsJson, BatchSize, Quiet, _import_tensorflow_quietly, command, err, out
+from tlcli.cli_app import (AsJson, BatchSize, LabelColumn, PathColumn, Quiet, _import_tensorflow_quietly, command,
+                           err, out)
 from tlcli.config import check_options
+from tlcli.labelfile import Columns
 
 
 @command()
 def check(
-    data_dir: Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; or a file list that --write-clean wrote.", show_default=False)],
+    data_dir: Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; or a label file (CSV, JSON: path,label[,split]), such as --write-clean writes.", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Judge the labels by this model (a run folder, .keras, SavedModel, .tflite or .onnx) on its run's split, instead of a cross-validated fit.", show_default=False)] = None,
     features: Annotated[str, typer.Option(help="Image features for near-duplicates and the label check: auto (mobilenet_v2's ImageNet features; none with --model), pixels (colour and texture statistics, no model), none, or a pretrained backbone's name.")] = "auto",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for check.json, duplicates.png and suspects.png (default: <run>/check with --model, else ./check).", rich_help_panel="Output", show_default=False)] = None,
-    write_clean: Annotated[Optional[Path], typer.Option(help="Write this list of the files to train on: all but the extra copies of duplicates, the likely label errors and unreadable files. `tlcli train LIST` takes it in place of DATA_DIR.", rich_help_panel="Output", show_default=False)] = None,
+    write_clean: Annotated[Optional[Path], typer.Option(help="Write this label file (CSV: path,label,split) of the files to train on: all but the extra copies of duplicates, the likely label errors and unreadable files. `tlcli train LIST` takes it in place of DATA_DIR.", rich_help_panel="Output", show_default=False)] = None,
     val_split: Annotated[Optional[float], typer.Option(help="Validation fraction when DATA_DIR has no val/ folder, as training splits it (default: the --model run's, else 0.2).", rich_help_panel="Data", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of that split (default: the --model run's, else 0).", rich_help_panel="Data", show_default=False)] = None,
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
     batch_size: BatchSize = 32,
     as_json: AsJson = False,
     quiet: Quiet = False,
@@ -62,7 +66,7 @@ def check(
     from tlcli.check_report import summary
 
     result = check_folder(data_dir, ref, features, val_split, seed, output, write_clean, batch_size, console=err,
-                          quiet=quiet or as_json)
+                          quiet=quiet or as_json, columns=Columns(path_column, label_column))
     if as_json:
         print(json.dumps(result.to_dict()))
     elif not quiet:
