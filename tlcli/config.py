@@ -181,6 +181,9 @@ class TrainConfig:
     batch_size: int = 32
     val_split: float = 0.2  # used only when DATA_DIR has no val/ folder
     seed: int = 0
+    # A label file's columns of image paths and of labels; None: found by name (tlcli.labelfile).
+    path_column: str | None = None
+    label_column: str | None = None
     dropout: float = 0.2
     label_smoothing: float = 0.1
     class_weights: str = "auto"  # "auto" balances uneven classes; "none"

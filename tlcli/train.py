@@ -36,6 +36,7 @@ from tlcli.augment import build_augmenter
 from tlcli.config import TrainConfig
 from tlcli.data import class_weights, find_folder, make_dataset
 from tlcli.errors import TlcliError
+from tlcli.labelfile import Columns
 from tlcli.check import quick_check
 from tlcli.finalize import TrainResult, complete, finalize
 from tlcli.model import (build_classifier, count_params, head_model, load_classifier, pretrained, top_classifier,
@@ -78,7 +79,8 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
     with checkpoint.GracefulStop() as stopper:
         try:
             data = find_folder(config.data_dir, config.val_split, config.seed,
-                               classes=saved["class_names"] if saved is not None else None)
+                               classes=saved["class_names"] if saved is not None else None,
+                               columns=Columns(config.path_column, config.label_column))
             say(f"Found {len(data.train)} train and {len(data.val)} val images in {len(data.class_names)} classes")
         except checkpoint.StopRequested:
             raise TlcliError("interrupted before training started; nothing was written.", exit_code=130) from None
