@@ -23,6 +23,8 @@ from tlcli.errors import TlcliError
 from tlcli.cli_app import (AsJson, Augment, BatchSize, DataDir, Flip, KerasModelOption, ModelOption, ProjectOption,
                            Quiet, Rotation, Shear, Shift, TopK, Tta, Zoom, _default, _import_tensorflow_quietly, app,
                            command, err, out)
+from tlcli.cli_app import LabelColumn, PathColumn
+from tlcli.labelfile import Columns
 
 
 @command()
@@ -228,10 +230,12 @@ def predict(
 
 @command()
 def evaluate(
-    data_dir: Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...).", show_default=False)],
+    data_dir: Annotated[str, typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...); or a label file (CSV, JSON: path,label[,split]).", show_default=False)],
     model: ModelOption = None,
     project: ProjectOption = _default(TrainConfig, "project"),
-    split: Annotated[Optional[str], typer.Option(help="train, val, test or all (default: test/ if present, else val/; all for a folder of classes).", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option(help="train, val, test or all (default: test/ or a label file's test rows if present, else val/; all for a folder of classes or a label file without splits).", show_default=False)] = None,
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the results (default: <run>/eval/, or <run>/eval/<model file name>/ for other models of the run).", show_default=False)] = None,
     top_k: TopK = 3,
     batch_size: BatchSize = 32,
@@ -267,7 +271,8 @@ def evaluate(
     from tlcli.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(data_dir, ref, split=split, output=output, top_k=top_k, batch_size=batch_size,
-                            max_errors=max_errors, console=err, quiet=quiet or as_json, explain=explain, tta=tta)
+                            max_errors=max_errors, console=err, quiet=quiet or as_json, explain=explain, tta=tta,
+                            columns=Columns(path_column, label_column))
     if as_json:
         print(json.dumps({"out_dir": str(result.out_dir), **result.metrics}))
         return
