@@ -162,6 +162,7 @@ def test_clean_list_leaves_out_copies_and_suspects_and_train_reads_it(planted, p
 
     root, truth = planted
     listed = Path(planted_result.written["clean_list"])
+    assert listed.read_text().splitlines()[2] == "path,label,split"  # a CSV label file, after two comments
     folder = find_folder(listed)
     kept = {p for split in (folder.train, folder.val) for p in split.paths}
     every = {f["path"] for f in planted_result.files}
