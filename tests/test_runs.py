@@ -173,6 +173,8 @@ def test_compare_names_an_unknown_run_and_refuses_one_run_twice(project):
         compare_runs("a", str(project / "a"), project)
     with pytest.raises(TlcliError, match="not a run folder"):
         compare_runs("a", str(project / "notes"), project)
+    with pytest.raises(TlcliError, match="folder '.*nowhere' does not exist"):
+        compare_runs("a", "b", project, output=project / "nowhere" / "ab.png")
 
 
 def test_reads_a_real_run(trained_run, image_folder):

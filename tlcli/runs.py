@@ -285,6 +285,8 @@ def compare_runs(a: str, b: str, project: str | os.PathLike = "runs",
                  output: str | os.PathLike | None = None) -> Comparison:
     """Runs `a` and `b` (names in `project`, or paths): config.json and the figures side by side,
     and both runs' curves in one PNG (default: compare_A_B.png beside the first run)."""
+    if output is not None and not Path(output).parent.is_dir():
+        raise TlcliError(f"--output: the folder '{Path(output).parent}' does not exist.")
     paths = find_run(a, project), find_run(b, project)
     if paths[0].resolve() == paths[1].resolve():
         raise TlcliError(f"--compare needs two different runs; '{a}' and '{b}' are the same folder.")
