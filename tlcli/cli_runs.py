@@ -36,7 +36,7 @@ def runs(
     --compare A B shows two runs' settings and figures side by side and writes their curves
     into one PNG.
 
-    Examples: [bold]tlcli runs --sort val_acc[/], [bold]tlcli runs --compare train train3[/]
+    Example: [bold]tlcli runs --sort val_acc[/], or [bold]tlcli runs --compare train train3[/]
     """
     from tlcli.runs import compare_runs, list_runs
 
