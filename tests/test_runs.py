@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -212,3 +214,11 @@ def test_the_tables_fit_80_columns_and_highlight_what_differs(project):
     runs = (RunRecord("a", "runs/a", "complete"), RunRecord("d", "runs/d", "failed"))
     table = compare_table(Comparison(runs, [("config", "seed", "0", "7"), ("config", "backbone", "tiny", "tiny")], None))
     assert [row.style for row in table.rows] == ["bold yellow", None]
+
+
+def test_listing_and_comparing_never_import_tensorflow(project):
+    code = ("import sys; from typer.testing import CliRunner; from tlcli.cli import app; r = CliRunner();"
+            f"assert r.invoke(app, ['runs', '--project', {str(project)!r}]).exit_code == 0;"
+            f"assert r.invoke(app, ['runs', '--project', {str(project)!r}, '--compare', 'a', 'b']).exit_code == 0;"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'")
+    subprocess.run([sys.executable, "-c", code], check=True)
