@@ -1,11 +1,12 @@
 """Defaults, "auto" resolution and validation of TrainConfig, and every flag's range."""
 
 import dataclasses
+import json
 import os
 
 import pytest
 
-from tlcli.config import AugmentConfig, TrainConfig, check_options, parse_unfreeze
+from tlcli.config import AUGMENT_FLAGS, AugmentConfig, TrainConfig, check_options, parse_unfreeze
 from tlcli.errors import TlcliError
 
 
@@ -41,8 +42,102 @@ def test_round_trip_through_dict_and_unknown_keys_suggest():
     config = TrainConfig("d", epochs=3).resolve()
     data = {**config.to_dict(), "class_names": ["a", "b"], "versions": {}}
     assert TrainConfig.from_dict(data) == config
-    with pytest.raises(TlcliError, match="Did you mean: epochs"):
+    with pytest.raises(TlcliError, match=r"unknown setting 'epoch' \(did you mean: epochs"):
         TrainConfig.from_dict({**config.to_dict(), "epoch": 3})
+
+
+def test_every_unknown_key_is_named_in_one_line_with_its_suggestions():
+    values = {**TrainConfig("d").to_dict(), "epoch": 3, "paitence": 2, "qqq": 1}
+    values["augment"] = {**values["augment"], "rotatoin": 5}
+    with pytest.raises(TlcliError) as error:
+        TrainConfig.from_dict(values, source="runs/train3/config.json")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("runs/train3/config.json: unknown settings ")
+    for part in ("'epoch' (did you mean: epochs", "'paitence' (did you mean: patience?)", "'qqq',",
+                 "'augment.rotatoin' (did you mean: augment.rotation?)", "Known: augment, backbone,"):
+        assert part in message
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": 2.5}, "epochs must be a whole number, not 2.5"),
+    ({"epochs": True}, "epochs must be a whole number, not true"),
+    ({"lr": "fast"}, 'lr must be a number, not "fast"'),
+    ({"calibrate": "yes"}, 'calibrate must be true or false, not "yes"'),
+    ({"backbone": 3}, "backbone must be a string, not 3"),
+    ({"augment": {"flip": 1}}, "augment.flip must be true or false, not 1"),
+    ({"augment": [1]}, "expected a JSON object of settings"),
+])
+def test_a_value_of_the_wrong_type_is_a_one_line_error(changes, message):
+    with pytest.raises(TlcliError, match="^c.json: " + message.replace("(", r"\(").replace(".", r"\.")):
+        TrainConfig.from_dict({**TrainConfig("d").to_dict(), **changes}, source="c.json")
+
+
+def test_numbers_of_either_kind_and_auto_values_pass_the_type_check():
+    config = TrainConfig.from_dict({**TrainConfig("d").to_dict(), "lr": 1, "image_size": 96, "unfreeze": 0.3})
+    assert (config.lr, config.image_size, config.unfreeze) == (1, 96, 0.3)
+
+
+def test_patience_is_off_by_default_and_range_checked():
+    assert TrainConfig("d").patience == 0 and TrainConfig("d").tensorboard is False
+    assert dataclasses.replace(TrainConfig("d"), patience=3).resolve().patience == 3
+    with pytest.raises(TlcliError, match=r"--patience must be at least 0 \(epochs without improvement; 0 never"):
+        dataclasses.replace(TrainConfig("d"), patience=-1).resolve()
+
+
+# ---------------------------------------------------------------- tlcli train --config
+
+
+def _flags(**given):
+    """What `tlcli train` parses when `given` are the flags typed: (every flag's value, their names)."""
+    params = {**{f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "augment"},
+              **{flag: getattr(AugmentConfig(), name) for flag, name in AUGMENT_FLAGS.items()},
+              "data_dir": None, "image_size": None, "cache_ram_gb": None, "resume": None, "quiet": False}
+    params.update(given)
+    return TrainConfig.from_flags(params), set(given)
+
+
+def _saved_run(tmp_path, **settings):
+    run = tmp_path / "train3"
+    run.mkdir()
+    config = TrainConfig(str(tmp_path / "photos"), backbone="tiny", epochs=7, **settings).resolve()
+    (run / "config.json").write_text(json.dumps({**config.to_dict(), "class_names": ["a", "b"], "versions": {}}))
+    return run, config
+
+
+def test_from_flags_reads_the_parameters_as_the_settings():
+    flags, _ = _flags(epochs=9, rotation=3.0, augment=False, image_size=None)
+    assert flags.epochs == 9 and flags.augment == AugmentConfig(enabled=False, rotation=3.0)
+    assert flags.image_size == "auto" and flags.data_dir == ""
+
+
+def test_rerun_takes_the_runs_settings_and_only_the_flags_given(tmp_path):
+    run, saved = _saved_run(tmp_path, patience=2, tensorboard=True, augment=AugmentConfig(zoom=0.3))
+    flags, given = _flags(lr=0.01, rotation=5.0, flip=False, data_dir=str(tmp_path / "moved"))
+    config = TrainConfig.rerun(run / "config.json", flags, given)
+    assert config == dataclasses.replace(saved, lr=0.01, data_dir=str(tmp_path / "moved"),
+                                         augment=AugmentConfig(zoom=0.3, rotation=5.0, flip=False))
+    # a flag typed with its default value still overrides; a run folder stands for its config.json
+    flags, given = _flags(epochs=5, patience=0)
+    assert TrainConfig.rerun(run, flags, given) == dataclasses.replace(saved, epochs=5, patience=0)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "--config: '{path}' does not exist."),
+    ("{ not json", "--config: '{path}' is not valid JSON (Expecting property name enclosed in double quotes, "
+                   "line 1 column 3)."),
+    (b"\xff\xfe\x00", "--config: '{path}' is not a text file."),
+    ("[1, 2]", "{path}: expected a JSON object of settings, as a run's config.json holds."),
+    ('{"epochs": 3}', "{path}: no data_dir: give DATA_DIR."),
+])
+def test_rerun_a_bad_file_is_a_one_line_error(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(TlcliError) as error:
+        TrainConfig.rerun(path, *_flags())
+    assert str(error.value) == message.format(path=path)
 
 
 # One value just outside each range, for a TrainConfig field or an AugmentConfig field.

@@ -9,12 +9,14 @@ way keras-hub's `compile()` fills in its defaults.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tlcli.errors import TlcliError, unknown_name
+from tlcli.errors import TlcliError, close_matches
 
 
 # Keys config.json carries besides the settings themselves.
@@ -83,6 +85,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "mixed_precision": Choice("--mixed-precision", ("auto", "on", "off")),
     "xla": Choice("--xla", ("auto", "on", "off")),
     "strategy": Choice("--strategy", ("auto", "one", "mirrored", "multiworker")),
+    "patience": Limit("--patience", 0, why="epochs without improvement; 0 never stops early"),
     # augmentation, each either way; RandomShear takes tan(angle) <= 1, RandomTranslation and
     # RandomZoom a fraction <= 1
     "rotation": Limit("--rotation", 0, 180, unit="degrees", why="either way: 180 reaches every angle"),
@@ -190,6 +193,10 @@ class TrainConfig:
     # Fit one temperature on the validation images at the end and fold it into the saved model,
     # so its probabilities mean what they say (tlcli.calibration).
     calibrate: bool = True
+    # Stop a phase after this many epochs without a better validation score (accuracy, then
+    # loss: what the best model is chosen by); 0 runs every epoch, as Ultralytics' patience=0.
+    patience: int = 0
+    tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard/ (tlcli.tensorboard)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mixed_precision: str = "auto"  # "auto": on when a GPU is present; "on"; "off"
     xla: str = "auto"  # XLA-compiled training steps; "auto": on when a GPU is present
@@ -219,20 +226,104 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """Rebuild a config from config.json; unknown keys get close-match suggestions."""
+    def from_dict(cls, values: dict, source: str = "") -> "TrainConfig":
+        """Rebuild a config from config.json (`source`, named in errors): every unknown key gets
+        close-match suggestions, a value of the wrong type a one-line error."""
+        where = f"{source}: " if source else ""
+        if not isinstance(values, dict) or not isinstance(values.get("augment") or {}, dict):
+            raise TlcliError(f"{where}expected a JSON object of settings, as a run's config.json holds.")
         values = {k: v for k, v in values.items() if k not in RUN_INFO_KEYS}
-        augment = values.pop("augment", {}) or {}
-        _reject_unknown(cls, values)
-        _reject_unknown(AugmentConfig, augment)
+        augment = values.pop("augment", None) or {}
+        if unknown := _unknown_keys(values, augment):
+            known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+            raise TlcliError(f"{where}unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}. "
+                             f"Known: {known}.")
+        if "data_dir" not in values:
+            raise TlcliError(f"{where}no data_dir: give DATA_DIR.")
+        _check_types(cls, values, where)
+        _check_types(AugmentConfig, augment, where, prefix="augment.")
         return cls(**values, augment=AugmentConfig(**augment))
 
+    @classmethod
+    def from_flags(cls, params: dict) -> "TrainConfig":
+        """A config from `tlcli train`'s parameters, named as the fields they set (augmentation's as
+        in AUGMENT_FLAGS); None means "auto", and parameters that are not settings are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"augment"}
+        values = {name: value for name, value in params.items() if name in names and value is not None}
+        augment = AugmentConfig(**{field: params[flag] for flag, field in AUGMENT_FLAGS.items()})
+        return cls(**{**values, "data_dir": str(params.get("data_dir") or "")}, augment=augment)
 
-def _reject_unknown(cls, values: dict) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in known:
-            raise unknown_name("setting", key, known)
+    @classmethod
+    def rerun(cls, path: str | os.PathLike, flags: "TrainConfig", given: set[str]) -> "TrainConfig":
+        """`tlcli train --config`: the settings in a run's config.json (or a run folder's), with the
+        flags given beside it on top. `flags` holds every flag's value; `given`, the names of the
+        command's parameters the user typed (the others are only defaults)."""
+        path = Path(path)
+        path = path / "config.json" if path.is_dir() else path
+        values = read_config_file(path)
+        if isinstance(values, dict) and isinstance(values.get("augment") or {}, dict):  # else from_dict says why
+            values = {**values, "augment": dict(values.get("augment") or {})}
+            for name in given:
+                if name in AUGMENT_FLAGS:
+                    values["augment"][AUGMENT_FLAGS[name]] = getattr(flags.augment, AUGMENT_FLAGS[name])
+                elif name in {f.name for f in dataclasses.fields(cls)}:
+                    values[name] = getattr(flags, name)
+        return cls.from_dict(values, source=str(path))
+
+
+# `tlcli train`'s augmentation flags, by parameter name, and the AugmentConfig field each sets.
+AUGMENT_FLAGS = {"augment": "enabled", "rotation": "rotation", "shift": "shift", "shear": "shear", "zoom": "zoom",
+                 "flip": "flip"}
+
+
+def read_config_file(path: Path):
+    """The JSON in `path`; a one-line error when it is missing, unreadable or not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TlcliError(f"--config: '{path}' does not exist.") from None
+    except UnicodeDecodeError:
+        raise TlcliError(f"--config: '{path}' is not a text file.") from None
+    except OSError as error:
+        raise TlcliError(f"--config: cannot read '{path}': {error.strerror or error}.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TlcliError(f"--config: '{path}' is not valid JSON ({error.msg}, line {error.lineno} column "
+                         f"{error.colno}).") from None
+
+
+def _unknown_keys(values: dict, augment: dict) -> list[str]:
+    """Each key that is not a setting, quoted, with the settings it looks like."""
+    found = []
+    for keys, cls, prefix in ((values, TrainConfig, ""), (augment, AugmentConfig, "augment.")):
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in keys:
+            if key not in known:
+                close = ", ".join(prefix + name for name in close_matches(key, known))
+                found.append(f"'{prefix}{key}'" + (f" (did you mean: {close}?)" if close else ""))
+    return found
+
+
+def _check_types(cls, values: dict, where: str, prefix: str = "") -> None:
+    """A one-line error for a value a flag could never have given: a word for a number, 2.5 epochs.
+    Fields that default to "auto" take a word or a number, checked by resolve()."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or f.default == "auto":
+            continue
+        value, kind = values[f.name], f.default if f.default is not dataclasses.MISSING else ""
+        if isinstance(kind, bool):
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif isinstance(kind, int):
+            ok, wanted = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(kind, float):
+            ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(kind, str):
+            ok, wanted = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise TlcliError(f"{where}{prefix}{f.name} must be {wanted}, not {json.dumps(value)}.")
 
 
 def _int(name: str, value) -> int:

@@ -14,7 +14,12 @@ class TlcliError(Exception):
 def unknown_name(kind: str, name: str, choices, listing: str = "") -> TlcliError:
     """An error for an unknown name that suggests the closest known ones."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(str(name).lower(), choices, n=3, cutoff=0.5)
+    close = close_matches(name, choices)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     known = listing or f"Known: {', '.join(choices)}."
     return TlcliError(f"unknown {kind} '{name}'.{hint} {known}")
+
+
+def close_matches(name: str, choices) -> list[str]:
+    """Up to three known names that look like `name`, the closest first."""
+    return difflib.get_close_matches(str(name).lower(), sorted(choices), n=3, cutoff=0.5)
