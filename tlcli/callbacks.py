@@ -1,5 +1,5 @@
 """The Keras callbacks that `tlcli.train` hangs on every fit: progress bars, history, the best
-model, the per-epoch checkpoint and the safe points where Ctrl-C takes effect.
+model, early stopping, the per-epoch checkpoint and the safe points where Ctrl-C takes effect.
 
 Imported only by the commands that train: importing it imports Keras.
 """
@@ -15,7 +15,15 @@ from tlcli import checkpoint
 from tlcli.progress import format_logs
 from tlcli.rundir import save_model, write_csv
 
-HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+# stopped_early is 1 on the last epoch of a phase that --patience ended early; readers that
+# know only the first columns read the file as before.
+HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "stopped_early"]
+
+
+def val_score(values) -> tuple[float, float]:
+    """What "better on validation" means, for the best model and for --patience: higher accuracy,
+    then lower loss. `values`: Keras's epoch logs or a history row."""
+    return float(values["val_accuracy"]), -float(values["val_loss"])
 
 
 class StopCheck(keras.callbacks.Callback):
@@ -52,7 +60,7 @@ class BestKeeper(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs_seen += 1
-        score = (float(logs["val_accuracy"]), -float(logs["val_loss"]))
+        score = val_score(logs)
         if self.best is None or score > self.best:
             self.best, self.best_epoch = score, self.epochs_seen
             self.best_weights = self.classifier.get_weights()
@@ -111,7 +119,8 @@ def save_checkpoint(run: Path, classifier, optimizer, phase: int, history: list[
 
 
 def write_history(run: Path, history: list[dict], plot: bool = True) -> None:
-    write_csv(run / "history.csv", HISTORY_COLUMNS, [[row[c] for c in HISTORY_COLUMNS] for row in history])
+    # rows from a checkpoint written before a column existed lack it
+    write_csv(run / "history.csv", HISTORY_COLUMNS, [[row.get(c, 0) for c in HISTORY_COLUMNS] for row in history])
     if history and plot:
         from tlcli.plots import plot_curves
 
@@ -149,6 +158,36 @@ class HistoryRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": self.offset + epoch + 1, "phase": self.phase, "lr": self.lr,
-               "seconds": round(time.perf_counter() - self.started, 3)}
+               "seconds": round(time.perf_counter() - self.started, 3), "stopped_early": 0}
         row.update({k: round(float(logs[k]), 5) for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
         self.rows.append(row)
+
+
+class Patience(keras.callbacks.Callback):
+    """--patience: ends the phase once `patience` epochs in a row have not beaten the phase's best
+    validation score, and marks that epoch's history row. Hung after HistoryRecorder, whose row it
+    reads: counting from the history, a resumed phase goes on counting where it was interrupted."""
+
+    def __init__(self, rows: list, phase: int, patience: int):
+        super().__init__()
+        self.rows, self.phase, self.patience = rows, phase, patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 < self.params["epochs"] and epochs_without_improvement(self.rows, self.phase) >= self.patience:
+            self.rows[-1]["stopped_early"] = 1
+            self.model.stop_training = True
+
+
+def epochs_without_improvement(history: list[dict], phase: int) -> int:
+    """How many of `phase`'s last epochs scored no better than its best one before them."""
+    best, waited = None, 0
+    for row in history:
+        if row["phase"] == phase:
+            score = val_score(row)
+            best, waited = (score, 0) if best is None or score > best else (best, waited + 1)
+    return waited
+
+
+def stopped_early(history: list[dict]) -> dict[str, int]:
+    """{"phase1": the epoch it stopped at, …} for each phase --patience ended early."""
+    return {f"phase{row['phase']}": row["epoch"] for row in history if row.get("stopped_early")}

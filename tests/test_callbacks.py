@@ -1,0 +1,68 @@
+"""--patience's arithmetic and callback, and history.csv's columns, on hand-made history rows."""
+
+import csv
+from types import SimpleNamespace
+
+import pytest
+
+from tlcli.callbacks import HISTORY_COLUMNS, Patience, epochs_without_improvement, stopped_early, write_history
+
+
+def _row(epoch, phase, val_accuracy, val_loss, **extra):
+    return {"epoch": epoch, "phase": phase, "loss": 1.0, "accuracy": 0.5, "val_loss": val_loss,
+            "val_accuracy": val_accuracy, "lr": 1e-3, "seconds": 0.1, "stopped_early": 0, **extra}
+
+
+@pytest.mark.parametrize("scores, waited", [
+    ([(0.5, 1.0)], 0),
+    ([(0.5, 1.0), (0.5, 1.0)], 1),  # the same score is no improvement
+    ([(0.5, 1.0), (0.5, 0.9)], 0),  # same accuracy, lower loss: better, as the best model is chosen
+    ([(0.5, 1.0), (0.6, 2.0)], 0),  # higher accuracy wins whatever the loss
+    ([(0.6, 1.0), (0.5, 0.1), (0.5, 0.05)], 2),  # lower accuracy is worse, however low the loss
+    ([(0.6, 1.0), (0.5, 1.0), (0.5, 1.0), (0.7, 1.0), (0.6, 1.0)], 1),
+])
+def test_epochs_without_improvement_follow_the_best_models_order(scores, waited):
+    rows = [_row(i + 1, 1, accuracy, loss) for i, (accuracy, loss) in enumerate(scores)]
+    assert epochs_without_improvement(rows, 1) == waited
+
+
+def test_each_phase_counts_from_its_own_first_epoch():
+    rows = [_row(1, 1, 0.9, 0.1), _row(2, 1, 0.8, 0.1), _row(3, 2, 0.5, 1.0), _row(4, 2, 0.6, 1.0)]
+    assert epochs_without_improvement(rows, 1) == 1
+    assert epochs_without_improvement(rows, 2) == 0  # below phase 1's best, but better than phase 2's
+
+
+def _patience(rows, phase, patience, epochs):
+    callback = Patience(rows, phase, patience)
+    callback.set_model(SimpleNamespace(stop_training=False))
+    callback.set_params({"epochs": epochs})
+    return callback
+
+
+def test_patience_stops_the_phase_and_marks_the_epoch():
+    rows = [_row(1, 1, 0.5, 1.0), _row(2, 1, 0.5, 1.0)]
+    callback = _patience(rows, 1, 2, epochs=5)
+    callback.on_epoch_end(1)
+    assert not callback.model.stop_training and rows[-1]["stopped_early"] == 0
+    rows.append(_row(3, 1, 0.5, 1.1))
+    callback.on_epoch_end(2)
+    assert callback.model.stop_training and rows[-1]["stopped_early"] == 1
+    assert stopped_early(rows) == {"phase1": 3}
+
+
+def test_the_last_epoch_of_a_phase_is_not_an_early_stop():
+    rows = [_row(1, 2, 0.5, 1.0), _row(2, 2, 0.5, 1.0)]
+    callback = _patience(rows, 2, 1, epochs=2)
+    callback.on_epoch_end(1)
+    assert not callback.model.stop_training and stopped_early(rows) == {}
+
+
+def test_history_csv_reads_as_before_and_takes_rows_of_older_checkpoints(tmp_path):
+    old = _row(1, 1, 0.5, 1.0)
+    del old["stopped_early"]  # a row saved in a checkpoint before the column existed
+    write_history(tmp_path, [old, _row(2, 1, 0.5, 1.0, stopped_early=1)], plot=False)
+    with (tmp_path / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert HISTORY_COLUMNS[:8] == ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert [(r["epoch"], r["val_accuracy"], r["stopped_early"]) for r in rows] == [("1", "0.5", "0"), ("2", "0.5", "1")]
+
