@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tlcli.callbacks import HISTORY_COLUMNS, Patience, epochs_without_improvement, stopped_early, write_history
+from tlcli.callbacks import HISTORY_COLUMNS, BestKeeper, Patience, epochs_without_improvement, stopped_early, write_history
 
 
 def _row(epoch, phase, val_accuracy, val_loss, **extra):
@@ -66,3 +66,17 @@ def test_history_csv_reads_as_before_and_takes_rows_of_older_checkpoints(tmp_pat
     assert HISTORY_COLUMNS[:8] == ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
     assert [(r["epoch"], r["val_accuracy"], r["stopped_early"]) for r in rows] == [("1", "0.5", "0"), ("2", "0.5", "1")]
 
+
+def test_best_weights_from_a_checkpoint_reach_model_keras_without_a_better_epoch(tmp_path):
+    """A run killed before its best epoch was written to model.keras (writes wait up to 30 s) and
+    resumed without improving must still save those weights."""
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = [w + 1 for w in model.get_weights()]
+    keeper = BestKeeper(model, tmp_path / "model.keras", best=(0.5, -1.0), best_epoch=1, epochs_seen=1,
+                        best_weights=best)
+    keeper.on_train_end()
+    saved = keras.saving.load_model(tmp_path / "model.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), best))

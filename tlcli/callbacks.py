@@ -56,7 +56,8 @@ class BestKeeper(keras.callbacks.Callback):
         self.best_epoch = best_epoch
         self.epochs_seen = epochs_seen  # across both phases
         # The first write waits like the others: an early best is soon replaced, and each write costs.
-        self.pending, self.last_write = False, time.monotonic()
+        # Best weights from a checkpoint may be newer than model.keras (killed before their write).
+        self.pending, self.last_write = best_weights is not None, time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs_seen += 1
