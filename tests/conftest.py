@@ -105,3 +105,21 @@ def use_keras_home(monkeypatch, path) -> None:
 requires_flowers = pytest.mark.skipif(
     not (FLOWERS.is_dir() and KERAS_HOME.is_dir()), reason="../shared (flowers-dev, keras_home) is not here"
 )
+
+
+def read_events(folder: Path) -> dict:
+    """{tag: [(step, value), ...]} of every event file in `folder`, in the order written, read with
+    TensorFlow's own reader: a scalar as a float, an image as (width, height, PNG bytes), and the
+    TensorBoard plugin each summary is for under "plugin:<tag>"."""
+    import tensorflow as tf
+
+    found: dict[str, list] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                item = float(array) if array.ndim == 0 else (int(array[0]), int(array[1]), bytes(array[2]))
+                found.setdefault(value.tag, []).append((event.step, item))
+                if value.metadata.plugin_data.plugin_name:
+                    found[f"plugin:{value.tag}"] = value.metadata.plugin_data.plugin_name
+    return found
