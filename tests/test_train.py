@@ -3,11 +3,15 @@
 import csv
 import json
 import os
+import re
 import zipfile
 
 import pytest
 
-from conftest import FLOWERS, KERAS_HOME, make_folder, requires_flowers, saved_model_figures, use_keras_home
+from typer.testing import CliRunner
+
+from conftest import (FLOWERS, KERAS_HOME, make_folder, read_events, requires_flowers, saved_model_figures,
+                      use_keras_home)
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "2", "--cache-views", "2",
         "--fine-tune-epochs", "1", "--batch-size", "8"]
@@ -187,3 +191,79 @@ def test_train_warns_in_one_line_about_identical_files_across_train_and_val(cli,
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if "warning:" in line and "tlcli check" in line]
     assert len(warning) == 1 and ("leak" in warning[0] or "val" in warning[0]), result.output
+
+
+# ---------------------------------------------------------------- --patience, --tensorboard, --config
+
+
+class Crash(Exception):
+    """Stands for a kill -9 right after an epoch's checkpoint was written."""
+
+
+@pytest.fixture(scope="module")
+def patient_run(image_folder, tmp_path_factory):
+    """A --patience 1 --tensorboard run whose validation score never moves (learning rates of 1e-9),
+    so each phase stops after its second epoch; killed right after epoch 2 (the end of phase 1),
+    then resumed from the command line. Pretrained weights (a saved random-init file, no download)
+    make phase 2 train on cached activations, as with real backbones. (CLI output, run folder)."""
+    from tlcli.backbones import build_backbone
+    from tlcli.config import TrainConfig
+    from tlcli.train import EpochCheckpoint, train
+
+    root = tmp_path_factory.mktemp("patience")
+    weights = root / "tiny.weights.h5"
+    build_backbone("tiny", "none", 32).save_weights(weights)
+    config = TrainConfig(str(image_folder), backbone="tiny", weights=str(weights), image_size=32, epochs=3,
+                         cache_views=1, fine_tune_epochs=3, batch_size=8, lr=1e-9, fine_tune_lr=1e-9, patience=1,
+                         tensorboard=True, project=str(root / "runs"))
+    original = EpochCheckpoint.on_epoch_end
+
+    def crash_after_epoch_2(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if len(self.history) == 2:
+            raise Crash
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EpochCheckpoint, "on_epoch_end", crash_after_epoch_2)
+        with pytest.raises(Crash):
+            train(config, quiet=True)
+    run = root / "runs" / "train"
+    result = CliRunner().invoke(app_for_tests(), ["train", "--resume", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output, run
+
+
+def app_for_tests():
+    from tlcli.cli import app
+
+    return app
+
+
+def test_patience_ends_each_phase_and_a_resumed_run_does_not_reopen_it(patient_run):
+    output, run = patient_run
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [(r["epoch"], r["phase"], r["stopped_early"]) for r in rows] == [
+        ("1", "1", "0"), ("2", "1", "1"), ("3", "2", "0"), ("4", "2", "1")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped_early"] == {"phase1": 2, "phase2": 4}
+    assert metrics["saved_model_check"]["agrees"] is True  # the best model is still the one kept
+    summary = " ".join(output.split())
+    assert "Fine-tuning stopped early at epoch 4: 1 epoch(s) without a better validation score" in summary
+    assert re.search(r"stopped early \(phase1\)\W+at epoch 2\W+stopped early \(phase2\)\W+at epoch 4", summary)
+    assert (run / ".complete").exists()
+
+
+def test_tensorboard_events_hold_every_epoch_of_both_phases_and_the_pictures(patient_run):
+    _, run = patient_run
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    train = read_events(run / "tensorboard" / "train")
+    validation = read_events(run / "tensorboard" / "validation")
+    assert train["epoch_loss"] == [(i + 1, pytest.approx(float(r["loss"]))) for i, r in enumerate(rows)]
+    assert [step for step, _ in train["epoch_accuracy"]] == [1, 2, 3, 4]
+    assert train["epoch_learning_rate"] == [(step, pytest.approx(1e-9)) for step in (1, 2, 3, 4)]
+    assert validation["epoch_accuracy"] == [(i + 1, pytest.approx(float(r["val_accuracy"]))) for i, r in enumerate(rows)]
+    assert [step for step, _ in validation["epoch_loss"]] == [1, 2, 3, 4]
+    assert [step for step, _ in train["augmented_images"]] == [0]  # written once: not again on resume
+    [(step, (_, _, png))] = validation["confusion_matrix"]
+    assert step == 4 and png[:4] == b"\x89PNG"
+

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from tlcli import checkpoint
-from tlcli.callbacks import write_history
+from tlcli.callbacks import stopped_early, write_history
 from tlcli.images import decode_batches
 from tlcli.model import load_classifier
 from tlcli.calibration import calibration_report, fit_temperature, fold_temperature, with_temperature
@@ -57,17 +57,19 @@ def finalize(s, keeper) -> TrainResult:
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "resumed": s.resumed,
     }
+    if s.config.patience:
+        metrics["stopped_early"] = stopped_early(history)  # {"phase1": epoch, …}: the phases --patience ended
     write_history(s.run, history)
     return TrainResult(s.run, metrics, history)
 
 
-def complete(result: TrainResult, data, config, say) -> None:
+def complete(result: TrainResult, data, config, say) -> tuple[np.ndarray, np.ndarray]:
     """Check the saved model.keras on the validation images against the figures recorded for its
     epoch (as Ultralytics' final_eval does), then write metrics.json and mark the run complete.
 
     A disagreement means the file does not compute what training measured (a wrong epoch's
     weights, a float16 model, a preprocessing mismatch): it is reported, and recorded in
-    metrics.json, rather than hidden.
+    metrics.json, rather than hidden. Returns the validation labels and the saved model's answers.
     """
     model = load_classifier(result.run_dir / "model.keras")
     outputs, rows = [], []  # batch by batch: only the probabilities are kept
@@ -93,6 +95,7 @@ def complete(result: TrainResult, data, config, say) -> None:
     write_json(result.run_dir / "metrics.json", metrics)
     checkpoint.remove_last(result.run_dir)
     mark_complete(result.run_dir)
+    return labels, probabilities.argmax(1)
 
 
 def _calibrate(model, path: Path, probabilities: np.ndarray, labels: np.ndarray) -> dict:

@@ -34,6 +34,8 @@ def train_summary(run_dir: Path, metrics: dict) -> Table:
     table.add_row("val accuracy", f"{metrics['val_accuracy']:.3f}")
     table.add_row("val loss", f"{metrics['val_loss']:.3f}")
     table.add_row("best epoch", str(metrics["best_epoch"]))
+    for phase, epoch in metrics.get("stopped_early", {}).items():  # --patience
+        table.add_row(f"stopped early ({phase})", f"at epoch {epoch}")
     table.add_row("images (train / val / skipped)", f"{metrics['n_train']} / {metrics['n_val']} / {metrics['n_skipped']}")
     for phase, seconds in metrics["seconds"].items():
         table.add_row(f"seconds ({phase})", f"{seconds:.1f}")

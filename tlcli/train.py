@@ -16,6 +16,7 @@ Imported only by the commands that train: importing it imports TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -41,11 +42,12 @@ from tlcli.check import quick_check
 from tlcli.finalize import TrainResult, complete, finalize
 from tlcli.model import (build_classifier, count_params, head_model, load_classifier, pretrained, top_classifier,
                          unfreeze_top)
-from tlcli.callbacks import (BestKeeper, EpochBars, EpochCheckpoint, HistoryRecorder, StopCheck,
-                             save_checkpoint, write_history)
+from tlcli.callbacks import (BestKeeper, EpochBars, EpochCheckpoint, HistoryRecorder, Patience, StopCheck,
+                             save_checkpoint, stopped_early, write_history)
 from tlcli.progress import make_progress
 from tlcli.shard import features_dataset, files_dataset, steps_per_epoch, views_dataset
 from tlcli.rundir import create_run_dir, write_json, write_text
+from tlcli.tensorboard import EpochEvents, EventLog
 
 
 
@@ -76,7 +78,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
     if note := distribute.ignored_tf_config(strategy):
         say(f"[yellow]warning:[/] {note}")
 
-    with checkpoint.GracefulStop() as stopper:
+    with checkpoint.GracefulStop() as stopper, contextlib.ExitStack() as closing:
         try:
             data = find_folder(config.data_dir, config.val_split, config.seed,
                                classes=saved["class_names"] if saved is not None else None,
@@ -101,13 +103,14 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
                 run = _open_run(config, data, chief, resume, say)
                 if resume is not None:
                     checkpoint.restore_weights(run, classifier)
-                    say(f"Resuming [bold]{run}[/] at phase {state['phase']}, epoch {state['epoch'] + 1}")
+                    say(f"Resuming [bold]{run}[/] {_resume_point(state)}")
                 else:
                     say(f"Run directory: [bold]{run}[/]" + ("  (GPU" + (", mixed precision" if mixed else "") +
                                                             (", XLA" if xla else "") + ")" if gpu else ""))
                 session = Session(config, data, classifier, run, console, quiet, xla, stopper, strategy, chief,
                                   state or {"phase": 1, "epoch": 0, "history": [], "best": None, "best_epoch": None},
-                                  resumed=state is not None, shard=distribute.worker_shard(strategy))
+                                  resumed=state is not None, shard=distribute.worker_shard(strategy),
+                                  events=closing.enter_context(EventLog(run)) if config.tensorboard and chief else None)
                 try:
                     result = _fit(session)
                 finally:
@@ -117,8 +120,16 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         finally:
             keras.mixed_precision.set_dtype_policy(previous_policy)
         if chief:  # outside the strategy: one host checks and completes the run
-            complete(result, session.data, config, say)
+            labels, predicted = complete(result, session.data, config, say)
+            if session.events is not None:
+                session.events.confusion_matrix(labels, predicted, session.data.class_names, len(result.history))
         return result
+
+
+def _resume_point(state: dict) -> str:
+    if epoch := stopped_early(state["history"]).get(f"phase{state['phase']}"):
+        return f"after phase {state['phase']}, which --patience ended at epoch {epoch}"
+    return f"at phase {state['phase']}, epoch {state['epoch'] + 1}"
 
 
 def _locate_data(config: TrainConfig, run: Path, data_dir: str | Path | None) -> TrainConfig:
@@ -167,6 +178,7 @@ class Session:
     resumed: bool = False
     shard: tuple[int, int] = (0, 1)  # (this worker, workers): each reads its own shard of the files
     n_train_total: int = 0  # training images of every shard
+    events: EventLog | None = None  # --tensorboard, on the chief
     seconds: dict = field(default_factory=dict)
     throughput: dict = field(default_factory=dict)
 
@@ -190,12 +202,15 @@ def _fit(s: Session) -> TrainResult:
     phase, trainer, keeper = s.state["phase"], None, None
     try:
         top, activations, pooled = cache.caching_pass(s, augmenter)  # may drop files and classes that failed
+        if s.events is not None and not s.resumed:
+            s.events.augmented_images(s.data.train, config.augment, config.image_size, config.seed)
         keeper = _keeper(s)
         weights = class_weights(s.data.train.labels, s.n_classes) if config.class_weights == "auto" else None
         # (a worker's shard has every count-th file of a sorted list: its class mix is the whole's)
-        if phase == 1:
+        ended = stopped_early(history)  # a resumed run does not reopen a phase --patience ended
+        if phase == 1 and "phase1" not in ended:
             trainer = _phase1(s, keeper, pooled, weights)
-        if config.fine_tune_epochs > 0:
+        if config.fine_tune_epochs > 0 and "phase2" not in ended:
             if phase == 1:
                 keeper.restore()  # continue from the best head, not the last one
             resuming_phase2, phase = s.resumed and phase == 2, 2
@@ -230,11 +245,21 @@ def _saved_best(s: Session) -> list | None:
 
 
 def _callbacks(s: Session, keeper: BestKeeper, progress, phase: int, label: str, epochs: int, steps: int,
-               lr: float, offset: int) -> list:
+               lr: float) -> list:
     history = s.state["history"]
+    offset = sum(1 for row in history if row["phase"] < phase)  # epochs count on across phases, as run
+    # Patience marks the row HistoryRecorder appends before EpochCheckpoint saves it.
+    patience = [Patience(history, phase, s.config.patience)] if s.config.patience else []
+    events = [EpochEvents(s.events, history)] if s.events is not None else []
     return [StopCheck(s.stopper), EpochBars(progress, label, epochs, steps, first_epoch=offset),
-            HistoryRecorder(history, phase=phase, lr=lr, offset=offset), keeper,
+            HistoryRecorder(history, phase=phase, lr=lr, offset=offset), *patience, *events, keeper,
             EpochCheckpoint(s.run, s.classifier, keeper, history, phase), *_worker_backup(s.strategy, s.run, phase)]
+
+
+def _say_if_stopped(s: Session, phase: int, label: str) -> None:
+    if epoch := stopped_early(s.state["history"]).get(f"phase{phase}"):
+        s.say(f"{label} stopped early at epoch {epoch}: {s.config.patience} epoch(s) without a better "
+              f"validation score (--patience {s.config.patience})")
 
 
 def _phase1(s: Session, keeper: BestKeeper, pooled, weights) -> keras.Model:
@@ -261,8 +286,9 @@ def _phase1(s: Session, keeper: BestKeeper, pooled, weights) -> keras.Model:
         trainer.fit(
             **fit_args, epochs=config.epochs, initial_epoch=s.state["epoch"],
             validation_data=(val_x, s.onehot(data.val.labels)), verbose=0,
-            callbacks=_callbacks(s, keeper, progress, 1, "Head", config.epochs, steps, config.lr, 0),
+            callbacks=_callbacks(s, keeper, progress, 1, "Head", config.epochs, steps, config.lr),
         )
+    _say_if_stopped(s, 1, "Head training")
     s.seconds["phase1"] = time.perf_counter() - start + s.seconds.pop("cache", 0.0)
     s.throughput["phase1_images_per_second"] = (len(train_x) + len(val_x)) / s.seconds["phase1"]
     return trainer
@@ -302,6 +328,7 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
         val_data = make_dataset(data.val, s.n_classes, config.batch_size, shuffle=False, size=config.image_size)
     distribute.prepare_for_fit(trainer, s.strategy)
     resuming = s.resumed and s.state["phase"] == 2
+    epochs_before = sum(1 for row in s.state["history"] if row["phase"] == 2)
     start = time.perf_counter()
     with make_progress(s.console, s.quiet) as progress:
         trainer.fit(
@@ -310,10 +337,12 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
             epochs=config.fine_tune_epochs, initial_epoch=s.state["epoch"] if resuming else 0,
             class_weight=weights, verbose=0, shuffle=False, steps_per_epoch=steps if workers > 1 else None,
             callbacks=_callbacks(s, keeper, progress, 2, "Tune", config.fine_tune_epochs, steps,
-                                 config.fine_tune_lr, config.epochs),
+                                 config.fine_tune_lr),
         )
     s.seconds["phase2"] = time.perf_counter() - start
-    s.throughput["phase2_images_per_second"] = len(data.train) * config.fine_tune_epochs / s.seconds["phase2"]
+    epochs_run = sum(1 for row in s.state["history"] if row["phase"] == 2) - epochs_before
+    s.throughput["phase2_images_per_second"] = len(data.train) * epochs_run / s.seconds["phase2"]
+    _say_if_stopped(s, 2, "Fine-tuning")
 
 
 def _loss(config: TrainConfig):
