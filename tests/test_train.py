@@ -72,6 +72,7 @@ def test_train_with_train_val_layout_and_name(cli, tmp_path):
     (["--backbone", "mobilenetv2"], "Did you mean: mobilenet_v2"),
     (["--unfreeze", "many"], "--unfreeze"),
     (["--image-size", "4"], "minimum"),
+    (["--patience", "-1"], "--patience must be at least 0"),
 ])
 def test_train_bad_flags_are_one_line_errors(cli, image_folder, tmp_path, args, message):
     result = cli(["train", image_folder, "--weights", "none", *args, "--project", tmp_path])
@@ -267,3 +268,29 @@ def test_tensorboard_events_hold_every_epoch_of_both_phases_and_the_pictures(pat
     [(step, (_, _, png))] = validation["confusion_matrix"]
     assert step == 4 and png[:4] == b"\x89PNG"
 
+
+def test_config_reruns_a_run_in_a_new_folder_with_the_flags_given_on_top(patient_run, cli):
+    _, run = patient_run
+    result = cli(["train", "--config", run / "config.json", "--epochs", "1", "--fine-tune-epochs", "0",
+                  "--no-tensorboard", "--json"])
+    assert result.exit_code == 0, result.output
+    rerun = run.parent / "train2"
+    assert json.loads(result.stdout)["run_dir"] == str(rerun)
+    before, after = (json.loads((r / "config.json").read_text()) for r in (run, rerun))
+    assert after == {**before, "epochs": 1, "fine_tune_epochs": 0, "tensorboard": False}  # data_dir: the run's
+    assert not (rerun / "tensorboard").exists() and (run / "model.keras").exists()
+
+
+def test_config_bad_input_is_a_one_line_error(cli, patient_run, tmp_path):
+    _, run = patient_run
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({**json.loads((run / "config.json").read_text()), "fine_tune_epoch": 1}))
+    for args, message in [
+        (["--config", tmp_path / "missing.json"], f"Error: --config: '{tmp_path / 'missing.json'}' does not exist."),
+        (["--config", typo], f"Error: {typo}: unknown setting 'fine_tune_epoch' (did you mean: fine_tune_epochs"),
+        (["--config", run, "--resume", run], "Error: --resume continues a run with its own settings; --config"),
+    ]:
+        result = cli(["train", *args, "--project", tmp_path / "runs"])
+        assert result.exit_code == 2 and result.output.startswith(message), result.output
+        assert len(result.output.strip().splitlines()) == 1 or "\n" not in result.output.strip()
+    assert not (tmp_path / "runs").exists()

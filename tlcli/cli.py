@@ -29,9 +29,11 @@ from tlcli.labelfile import Columns
 
 @command()
 def train(
+    ctx: typer.Context,
     # A string, not a Path: Path would turn gs://bucket/flowers into gs:/bucket/flowers.
-    data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...); or a file list written by `tlcli check --write-clean`. With --resume: where the run's images are now, if they moved.", show_default=False)] = None,
+    data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...); or a file list written by `tlcli check --write-clean`. With --resume: where the run's images are now, if they moved. With --config: default, the run's.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Rerun the settings of a run's config.json (or run folder) in a new run; flags given beside it override them.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
     weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
     image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels (default: the backbone's).", show_default=False)] = None,
@@ -45,6 +47,7 @@ def train(
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier layer.", rich_help_panel="Head")] = _default(TrainConfig, "dropout"),
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.", rich_help_panel="Head")] = _default(TrainConfig, "label_smoothing"),
     class_weights: Annotated[str, typer.Option(help="auto (balance uneven classes) or none.", rich_help_panel="Head")] = _default(TrainConfig, "class_weights"),
+    patience: Annotated[int, typer.Option(help="End a phase after N epochs without a better validation score; 0 never does.", rich_help_panel="Schedule")] = _default(TrainConfig, "patience"),
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit one temperature on the validation images and fold it into the saved model, so its probabilities mean what they say.", rich_help_panel="Head")] = _default(TrainConfig, "calibrate"),
     val_split: Annotated[float, typer.Option(help="Validation fraction when DATA_DIR has no val/ folder.", rich_help_panel="Data")] = _default(TrainConfig, "val_split"),
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.", rich_help_panel="Data")] = _default(TrainConfig, "seed"),
@@ -60,6 +63,7 @@ def train(
     flip: Flip = _default(AugmentConfig, "flip"),
     project: ProjectOption = _default(TrainConfig, "project"),
     name: Annotated[str, typer.Option(help="Run name; train2, train3, … when taken.", rich_help_panel="Output")] = _default(TrainConfig, "name"),
+    tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard event files to <run>/tensorboard/ (view: tensorboard --logdir runs).", rich_help_panel="Output")] = _default(TrainConfig, "tensorboard"),
     as_json: AsJson = False,
     quiet: Quiet = False,
 ):
@@ -71,10 +75,15 @@ def train(
     the run's own settings (other flags are ignored). If its images have moved since, give their
     new place too: --resume RUN DATA_DIR.
 
-    Example: [bold]tlcli train ./flowers --backbone xception --epochs 10[/]
+    --config runs/train3/config.json reruns that run's settings in a new run folder; the flags
+    given beside it (and DATA_DIR) override them.
+
+    Example: [bold]tlcli train ./flowers --backbone xception --epochs 10 --patience 3 --tensorboard[/]
     """
-    if data_dir is None and resume is None:
-        raise TlcliError("give DATA_DIR to start a run, or --resume RUN to continue one.")
+    if data_dir is None and resume is None and config_file is None:
+        raise TlcliError("give DATA_DIR to start a run, --resume RUN to continue one, or --config to rerun one.")
+    if resume is not None and config_file is not None:
+        raise TlcliError("--resume continues a run with its own settings; --config starts a new one: give one of them.")
     if resume is not None:
         _import_tensorflow_quietly()
         from tlcli.train import train as run_training
@@ -82,15 +91,11 @@ def train(
         result = run_training(resume=resume, data_dir=str(data_dir) if data_dir else None, console=err,
                               quiet=quiet or as_json)
         return _report(result, as_json, quiet)
-    config = TrainConfig(
-        data_dir=str(data_dir), backbone=backbone, weights=weights,
-        image_size="auto" if image_size is None else image_size,
-        epochs=epochs, cache_views=cache_views, fine_tune_epochs=fine_tune_epochs, lr=lr,
-        fine_tune_lr=fine_tune_lr, unfreeze=unfreeze, batch_size=batch_size, val_split=val_split, seed=seed,
-        dropout=dropout, label_smoothing=label_smoothing, class_weights=class_weights, calibrate=calibrate,
-        augment=AugmentConfig(augment, rotation, shift, shear, zoom, flip), cache_ram_gb="auto" if cache_ram_gb is None else cache_ram_gb,
-        mixed_precision=mixed_precision, xla=xla, strategy=strategy, project=project, name=name,
-    ).resolve()  # bad flags fail here, before TensorFlow is even imported
+    flags = TrainConfig.from_flags(ctx.params)
+    # By name: typer bundles its own click (typer._click) since 0.26, and older ones use click's.
+    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    config = TrainConfig.rerun(config_file, flags, given) if config_file is not None else flags
+    config = config.resolve()  # bad flags fail here, before TensorFlow is even imported
     _import_tensorflow_quietly()
     from tlcli.train import train as run_training
 
@@ -104,6 +109,8 @@ def _report(result, as_json: bool, quiet: bool) -> None:
         out.print(tables.train_summary(result.run_dir, result.metrics))
         run = result.run_dir
         out.print(f"Curves: {run / 'curves.png'} (loss and accuracy per epoch)", highlight=False, soft_wrap=True)
+        if (run / "tensorboard").is_dir():
+            out.print(f"TensorBoard: tensorboard --logdir {run.parent}", highlight=False, soft_wrap=True)
         out.print(f"Next:   tlcli predict IMAGES --model {run}", highlight=False, soft_wrap=True)
 
 
