@@ -153,13 +153,8 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
     with make_progress(console, quiet) as progress:
         run_data = None
         if needs_run_data:
-            from tlcli.data import load_folder
-
             loading = Step(progress, "Loading images")
-            from tlcli.labelfile import Columns
-
-            run_data = load_folder(_run_data_dir(ref, config), size, float(config.get("val_split", 0.2)), seed,
-                                   loading, Columns(config.get("path_column"), config.get("label_column")))
+            run_data = load_run_data(ref, config, size, loading)
             loading.done(f"{len(run_data.train)} train, {len(run_data.val)} val")
             if run_data.class_names != ref.labels:
                 raise TlcliError(f"the classes in the run's data folder ({', '.join(run_data.class_names)}) are not "
@@ -253,6 +248,16 @@ def _run_config(ref: ModelRef) -> dict:
         return json.loads((ref.run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         raise TlcliError(f"cannot read '{ref.run_dir / 'config.json'}'.") from None
+
+
+def load_run_data(ref: ModelRef, config: dict, size: int, progress=None):
+    """The run's images, decoded and split as training split them (`config`: its config.json)."""
+    from tlcli.data import load_folder
+    from tlcli.labelfile import Columns
+
+    return load_folder(_run_data_dir(ref, config), size, float(config.get("val_split", 0.2)),
+                       int(config.get("seed", 0) or 0), progress,
+                       Columns(config.get("path_column"), config.get("label_column")))
 
 
 def _run_data_dir(ref: ModelRef, config: dict, calibration: bool = True, check: bool = True) -> Path:
