@@ -20,10 +20,9 @@ import typer
 from tlcli import tables
 from tlcli.config import AugmentConfig, TrainConfig, check_options
 from tlcli.errors import TlcliError
-from tlcli.cli_app import (AsJson, Augment, BatchSize, DataDir, Flip, KerasModelOption, ModelOption, ProjectOption,
-                           Quiet, Rotation, Shear, Shift, TopK, Tta, Zoom, _default, _import_tensorflow_quietly, app,
-                           command, err, out)
-from tlcli.cli_app import LabelColumn, PathColumn
+from tlcli.cli_app import (AsJson, Augment, BatchSize, DataDir, Flip, KerasModelOption, LabelColumn, ModelOption,
+                           PathColumn, ProjectOption, Quiet, Rotation, Shear, Shift, TopK, Tta, Zoom, _default,
+                           _import_tensorflow_quietly, app, command, err, out)
 from tlcli.labelfile import Columns
 
 
@@ -31,7 +30,7 @@ from tlcli.labelfile import Columns
 def train(
     ctx: typer.Context,
     # A string, not a Path: Path would turn gs://bucket/flowers into gs:/bucket/flowers.
-    data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...); or a file list written by `tlcli check --write-clean`. With --resume: where the run's images are now, if they moved. With --config: default, the run's.", show_default=False)] = None,
+    data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...); or a label file (CSV, JSON: path,label[,split]), such as `tlcli check --write-clean` writes. With --resume: where the run's images are now, if they moved. With --config: default, the run's.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Rerun the settings of a run's config.json (or run folder) in a new run; flags given beside it override them.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
@@ -51,6 +50,8 @@ def train(
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit one temperature on the validation images and fold it into the saved model, so its probabilities mean what they say.", rich_help_panel="Head")] = _default(TrainConfig, "calibrate"),
     val_split: Annotated[float, typer.Option(help="Validation fraction when DATA_DIR has no val/ folder.", rich_help_panel="Data")] = _default(TrainConfig, "val_split"),
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.", rich_help_panel="Data")] = _default(TrainConfig, "seed"),
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
     cache_ram_gb: Annotated[Optional[float], typer.Option(help="Memory (GB) for cached activations; beyond it they spill to disk. Default: half the available memory.", rich_help_panel="Speed", show_default=False)] = None,
     mixed_precision: Annotated[str, typer.Option(help="float16 compute: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "mixed_precision"),
     xla: Annotated[str, typer.Option(help="XLA-compiled training steps: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "xla"),
