@@ -11,6 +11,8 @@ import pytest
 
 from conftest import make_folder, make_image
 
+# The planted file names its columns as no default does: every command is told them.
+COLUMNS = ["--path-column", "fname", "--label-column", "species"]
 TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "0",
         "--cache-views", "1", "--batch-size", "8", "--no-calibrate"]
 
@@ -31,18 +33,19 @@ def good_rows(root: Path) -> list[dict]:
     for cls in ("bright", "dark", "striped"):
         files = sorted((root / cls).iterdir())
         for i, file in enumerate(files):
-            rows.append({"path": f"data/{cls}/{file.name}", "label": cls, "split": "test" if i == len(files) - 1 else ""})
-    rows[1]["path"] = str(root / "bright" / Path(rows[1]["path"]).name)  # an absolute path
-    rows[2]["path"] = "./" + rows[2]["path"]
+            rows.append({"fname": f"data/{cls}/{file.name}", "species": cls,
+                         "split": "test" if i == len(files) - 1 else ""})
+    rows[1]["fname"] = str(root / "bright" / Path(rows[1]["fname"]).name)  # an absolute path
+    rows[2]["fname"] = "./" + rows[2]["fname"]
     return rows
 
 
 BAD = [  # (row, the reason skipped.csv must give)
-    ({"path": "data/bright/nope.jpg", "label": "bright", "split": ""}, "file not found"),
-    ({"path": "data/extra/e1.jpg", "label": " ", "split": ""}, "empty label"),
-    ({"path": "data/extra/e2.jpg", "label": "bright", "split": ""}, "listed 2 times with different labels: bright; dark"),
-    ({"path": "data/extra/e2.jpg", "label": "dark", "split": ""}, "listed 2 times with different labels: bright; dark"),
-    ({"path": "data/extra/e3.jpg", "label": "dark", "split": "holdout"}, "unknown split 'holdout'"),
+    ({"fname": "data/bright/nope.jpg", "species": "bright", "split": ""}, "file not found"),
+    ({"fname": "data/extra/e1.jpg", "species": " ", "split": ""}, "empty label"),
+    ({"fname": "data/extra/e2.jpg", "species": "bright", "split": ""}, "listed 2 times with different labels: bright; dark"),
+    ({"fname": "data/extra/e2.jpg", "species": "dark", "split": ""}, "listed 2 times with different labels: bright; dark"),
+    ({"fname": "data/extra/e3.jpg", "species": "dark", "split": "holdout"}, "unknown split 'holdout'"),
 ]
 
 
@@ -55,7 +58,7 @@ def planted(tmp_path_factory):
     write_extra(root)
     rows = good_rows(root)
     rows = rows[:4] + [bad for bad, _ in BAD[:2]] + rows[4:10] + [rows[5]] + [bad for bad, _ in BAD[2:]] + rows[10:]
-    write_csv(base / "labels.csv", ["path", "label", "split"], rows)
+    write_csv(base / "labels.csv", ["fname", "species", "split"], rows)
     return base / "labels.csv", root
 
 
@@ -77,7 +80,7 @@ def skipped_reasons(skipped) -> dict[str, list[str]]:
 def assert_planted_skips(reasons: dict[str, list[str]]) -> None:
     assert sorted(reasons) == ["e1.jpg", "e2.jpg", "e3.jpg", "nope.jpg"]
     for row, why in BAD:
-        assert any(r.startswith(why) for r in reasons[Path(row["path"]).name]), (row, reasons)
+        assert any(r.startswith(why) for r in reasons[Path(row["fname"]).name]), (row, reasons)
     assert len(reasons["e2.jpg"]) == 2  # each conflicting row gets its line
 
 
@@ -86,9 +89,10 @@ def assert_planted_skips(reasons: dict[str, list[str]]) -> None:
 
 def test_planted_bad_rows_are_left_out_with_reasons(planted):
     from tlcli.data import find_folder
+    from tlcli.labelfile import Columns
 
     labels, root = planted
-    folder = find_folder(labels, val_split=0.2, seed=0)
+    folder = find_folder(labels, val_split=0.2, seed=0, columns=Columns("fname", "species"))
     assert_planted_skips(skipped_reasons(folder.skipped))
     listed = folder.train.paths + folder.val.paths + folder.test.paths
     assert sorted(listed) == sorted(str(p) for cls in ("bright", "dark", "striped") for p in (root / cls).iterdir())
@@ -98,9 +102,10 @@ def test_planted_bad_rows_are_left_out_with_reasons(planted):
 
 
 def test_json_and_jsonl_read_as_the_csv_does(planted, tmp_path):
-    from tlcli.labelfile import read_label_file
+    from tlcli.labelfile import Columns, read_label_file
 
     labels, _ = planted
+    columns = Columns("fname", "species")
     with open(labels, newline="", encoding="utf-8") as f:
         records = list(csv.DictReader(f))
     (labels.parent / "labels.json").write_text(json.dumps(records))
@@ -110,10 +115,10 @@ def test_json_and_jsonl_read_as_the_csv_does(planted, tmp_path):
     def content(table):
         return [(r.path, r.labels, r.split) for r in table.rows], [(p, why.split(" (")[0]) for p, why in table.skipped]
 
-    expected = content(read_label_file(labels))
+    expected = content(read_label_file(labels, columns))
     assert len(expected[0]) == 18
-    assert content(read_label_file(labels.parent / "labels.json")) == expected
-    rows, skipped = content(read_label_file(labels.parent / "labels.jsonl"))
+    assert content(read_label_file(labels.parent / "labels.json", columns)) == expected
+    rows, skipped = content(read_label_file(labels.parent / "labels.jsonl", columns))
     assert rows == expected[0]
     assert skipped == [("labels.jsonl, line 4", "not a JSON object"), ("labels.jsonl, line 5", "not a JSON object")] \
         + expected[1]
@@ -173,9 +178,10 @@ def test_a_bad_label_file_is_a_one_line_error(cli, tmp_path, name, content, mess
 
 def test_unknown_column_flag_is_a_one_line_error(cli, planted, tmp_path):
     labels, _ = planted
-    result = cli(["check", labels, "--features", "none", "-o", tmp_path / "out", "--label-column", "lable"])
+    result = cli(["check", labels, "--features", "none", "-o", tmp_path / "out", "--path-column", "fname",
+                  "--label-column", "specis"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
-    assert "unknown --label-column 'lable'. Did you mean: label?" in result.output
+    assert "unknown --label-column 'specis'. Did you mean: species" in result.output
 
 
 # ---------------------------------------------------------------- the commands
@@ -189,7 +195,7 @@ def listed_run(planted, tmp_path_factory):
 
     labels, _ = planted
     project = tmp_path_factory.mktemp("runs")
-    result = CliRunner().invoke(app, ["train", str(labels), *TINY, "--project", str(project), "--json"])
+    result = CliRunner().invoke(app, ["train", str(labels), *COLUMNS, *TINY, "--project", str(project), "--json"])
     assert result.exit_code == 0, result.output
     return project / "train", json.loads(result.stdout)
 
@@ -205,25 +211,21 @@ def test_train_on_a_label_file_lists_its_bad_rows_in_skipped_csv(listed_run):
 def test_evaluate_takes_the_label_files_test_rows(cli, planted, listed_run, tmp_path):
     labels, _ = planted
     run, metrics = listed_run
-    result = cli(["evaluate", labels, "--model", run, "-o", tmp_path / "eval"])
+    result = cli(["evaluate", labels, "--model", run, "-o", tmp_path / "eval"])  # the run's columns
     assert result.exit_code == 0, result.output
     assert "evaluating the test rows of" in result.output
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["split"] == "test" and report["n_images"] == 3 and report["n_skipped"] == len(BAD)
     with open(tmp_path / "eval" / "predictions.csv", newline="") as f:
         assert sorted(Path(r["path"]).name for r in csv.DictReader(f)) == ["bright_5.png", "dark_5.png", "striped_5.png"]
-    result = cli(["evaluate", labels, "--model", run, "-o", tmp_path / "val", "--split", "val", "--json", "-q"])
+    result = cli(["evaluate", labels, "--model", run, "-o", tmp_path / "val", "--split", "val", *COLUMNS, "--json", "-q"])
     assert json.loads(result.stdout)["n_images"] == metrics["n_val"]
 
 
 def test_export_finds_the_runs_label_file(listed_run):
-    from tlcli.data import load_folder
-    from tlcli.export import _run_data_dir
-    from tlcli.labelfile import Columns
+    from tlcli.export import load_run_data
     from tlcli.rundir import resolve_model
 
     run, metrics = listed_run
-    config = json.loads((run / "config.json").read_text())
-    data = load_folder(_run_data_dir(resolve_model(str(run)), config), 32, config["val_split"], config["seed"],
-                       columns=Columns(config["path_column"], config["label_column"]))
+    data = load_run_data(resolve_model(str(run)), json.loads((run / "config.json").read_text()), 32)
     assert (len(data.train), len(data.val)) == (metrics["n_train"], metrics["n_val"])
