@@ -201,22 +201,22 @@ class Crash(Exception):
     """Stands for a kill -9 right after an epoch's checkpoint was written."""
 
 
-@pytest.fixture(scope="module")
-def patient_run(image_folder, tmp_path_factory):
+def test_patience_and_tensorboard_through_a_crash_and_a_resume(image_folder, tmp_path):
     """A --patience 1 --tensorboard run whose validation score never moves (learning rates of 1e-9),
     so each phase stops after its second epoch; killed right after epoch 2 (the end of phase 1),
     then resumed from the command line. Pretrained weights (a saved random-init file, no download)
-    make phase 2 train on cached activations, as with real backbones. (CLI output, run folder)."""
+    make phase 2 train on cached activations, as with real backbones. One run for all the checks:
+    under pytest -n 2 a shared fixture would train once per worker."""
     from tlcli.backbones import build_backbone
+    from tlcli.cli import app
     from tlcli.config import TrainConfig
     from tlcli.train import EpochCheckpoint, train
 
-    root = tmp_path_factory.mktemp("patience")
-    weights = root / "tiny.weights.h5"
+    weights = tmp_path / "tiny.weights.h5"
     build_backbone("tiny", "none", 32).save_weights(weights)
     config = TrainConfig(str(image_folder), backbone="tiny", weights=str(weights), image_size=32, epochs=3,
                          cache_views=1, fine_tune_epochs=3, batch_size=8, lr=1e-9, fine_tune_lr=1e-9, patience=1,
-                         tensorboard=True, project=str(root / "runs"))
+                         tensorboard=True, project=str(tmp_path / "runs"))
     original = EpochCheckpoint.on_epoch_end
 
     def crash_after_epoch_2(self, epoch, logs=None):
@@ -228,69 +228,57 @@ def patient_run(image_folder, tmp_path_factory):
         patch.setattr(EpochCheckpoint, "on_epoch_end", crash_after_epoch_2)
         with pytest.raises(Crash):
             train(config, quiet=True)
-    run = root / "runs" / "train"
-    result = CliRunner().invoke(app_for_tests(), ["train", "--resume", str(run)], catch_exceptions=False)
+    run = tmp_path / "runs" / "train"
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output, run
 
-
-def app_for_tests():
-    from tlcli.cli import app
-
-    return app
-
-
-def test_patience_ends_each_phase_and_a_resumed_run_does_not_reopen_it(patient_run):
-    output, run = patient_run
+    # --patience: each phase ended after its 2nd epoch; the resumed run did not reopen phase 1
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [(r["epoch"], r["phase"], r["stopped_early"]) for r in rows] == [
         ("1", "1", "0"), ("2", "1", "1"), ("3", "2", "0"), ("4", "2", "1")]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["stopped_early"] == {"phase1": 2, "phase2": 4}
     assert metrics["saved_model_check"]["agrees"] is True  # the best model is still the one kept
-    summary = " ".join(output.split())
+    summary = " ".join(result.output.split())
     assert "Fine-tuning stopped early at epoch 4: 1 epoch(s) without a better validation score" in summary
     assert re.search(r"stopped early \(phase1\)\W+at epoch 2\W+stopped early \(phase2\)\W+at epoch 4", summary)
-    assert (run / ".complete").exists()
 
-
-def test_tensorboard_events_hold_every_epoch_of_both_phases_and_the_pictures(patient_run):
-    _, run = patient_run
-    rows = list(csv.DictReader((run / "history.csv").open()))
-    train = read_events(run / "tensorboard" / "train")
+    # --tensorboard: every epoch of both phases, once, across the crash; the pictures
+    train_events = read_events(run / "tensorboard" / "train")
     validation = read_events(run / "tensorboard" / "validation")
-    assert train["epoch_loss"] == [(i + 1, pytest.approx(float(r["loss"]))) for i, r in enumerate(rows)]
-    assert [step for step, _ in train["epoch_accuracy"]] == [1, 2, 3, 4]
-    assert train["epoch_learning_rate"] == [(step, pytest.approx(1e-9)) for step in (1, 2, 3, 4)]
+    assert train_events["epoch_loss"] == [(i + 1, pytest.approx(float(r["loss"]))) for i, r in enumerate(rows)]
+    assert [step for step, _ in train_events["epoch_accuracy"]] == [1, 2, 3, 4]
+    assert train_events["epoch_learning_rate"] == [(step, pytest.approx(1e-9)) for step in (1, 2, 3, 4)]
     assert validation["epoch_accuracy"] == [(i + 1, pytest.approx(float(r["val_accuracy"]))) for i, r in enumerate(rows)]
     assert [step for step, _ in validation["epoch_loss"]] == [1, 2, 3, 4]
-    assert [step for step, _ in train["augmented_images"]] == [0]  # written once: not again on resume
+    assert [step for step, _ in train_events["augmented_images"]] == [0]  # written once: not again on resume
     [(step, (_, _, png))] = validation["confusion_matrix"]
     assert step == 4 and png[:4] == b"\x89PNG"
 
 
-def test_config_reruns_a_run_in_a_new_folder_with_the_flags_given_on_top(patient_run, cli):
-    _, run = patient_run
-    result = cli(["train", "--config", run / "config.json", "--epochs", "1", "--fine-tune-epochs", "0",
-                  "--no-tensorboard", "--json"])
+def test_config_reruns_a_run_in_a_new_folder_with_the_flags_given_on_top(trained_run, cli, tmp_path):
+    project = tmp_path / "elsewhere"  # not the shared run's project: its latest run must stay the same
+    (project / "train").mkdir(parents=True)
+    (project / "train" / "mine.txt").write_text("kept")
+    result = cli(["train", "--config", trained_run / "config.json", "--epochs", "1", "--fine-tune-epochs", "0",
+                  "--project", project, "--json"])
     assert result.exit_code == 0, result.output
-    rerun = run.parent / "train2"
-    assert json.loads(result.stdout)["run_dir"] == str(rerun)
-    before, after = (json.loads((r / "config.json").read_text()) for r in (run, rerun))
-    assert after == {**before, "epochs": 1, "fine_tune_epochs": 0, "tensorboard": False}  # data_dir: the run's
-    assert not (rerun / "tensorboard").exists() and (run / "model.keras").exists()
+    assert json.loads(result.stdout)["run_dir"] == str(project / "train2")  # a new folder, never one taken
+    assert [p.name for p in (project / "train").iterdir()] == ["mine.txt"]
+    before, after = (json.loads((r / "config.json").read_text()) for r in (trained_run, project / "train2"))
+    # data_dir and every other setting: the run's
+    assert after == {**before, "epochs": 1, "fine_tune_epochs": 0, "project": str(project)}
 
 
-def test_config_bad_input_is_a_one_line_error(cli, patient_run, tmp_path):
-    _, run = patient_run
+def test_config_bad_input_is_a_one_line_error(cli, trained_run, tmp_path):
     typo = tmp_path / "typo.json"
-    typo.write_text(json.dumps({**json.loads((run / "config.json").read_text()), "fine_tune_epoch": 1}))
+    typo.write_text(json.dumps({**json.loads((trained_run / "config.json").read_text()), "fine_tune_epoch": 1}))
     for args, message in [
         (["--config", tmp_path / "missing.json"], f"Error: --config: '{tmp_path / 'missing.json'}' does not exist."),
         (["--config", typo], f"Error: {typo}: unknown setting 'fine_tune_epoch' (did you mean: fine_tune_epochs"),
-        (["--config", run, "--resume", run], "Error: --resume continues a run with its own settings; --config"),
+        (["--config", trained_run, "--resume", trained_run], "Error: --resume continues a run with its own settings"),
     ]:
         result = cli(["train", *args, "--project", tmp_path / "runs"])
         assert result.exit_code == 2 and result.output.startswith(message), result.output
-        assert len(result.output.strip().splitlines()) == 1 or "\n" not in result.output.strip()
+        assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
