@@ -98,7 +98,7 @@ def _listed_split(data_file, ref: ModelRef, labels: list[str], size: int, split:
     if split is None:
         split = "test" if "test" in found else "all" if "all" in found else "val"
         notes.append(f"evaluating the {split} rows of {data_file}" if split != "all" else
-                     f"evaluating every row of {data_file} (it has no split column); --split val re-makes the "
+                     f"evaluating every row of {data_file} (none has a split value); --split val re-makes the "
                      "run's validation split.")
     if split == "all":
         classes: dict[str, list] = {}
@@ -107,7 +107,7 @@ def _listed_split(data_file, ref: ModelRef, labels: list[str], size: int, split:
                 classes.setdefault(name, []).extend(files)
     elif split == "test" or "val" in found:
         if split not in found:
-            raise TlcliError(f"{data_file} has no {split} rows; choose --split {'|'.join(sorted(found) + ['all'])}.")
+            raise TlcliError(f"{data_file} has no {split} rows; use --split val (the run's validation rows) or all.")
         classes = {name: list(files) for name, files in found[split].items()}
     else:
         classes = _drawn_split(data_file, ref, config, split, columns, notes)
