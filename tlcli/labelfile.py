@@ -97,7 +97,7 @@ def read_label_file(path, columns: Columns | None = None) -> LabelTable:
     else:
         header, records, bad = _csv_records(text, name)
     chosen = {kind: _column(kind, getattr(columns, kind, None), header, name) for kind in KNOWN_COLUMNS}
-    rows, skipped = [], [(where, why) for where, why in bad]
+    rows, skipped = [], list(bad)
     for where, record in records:
         row = _row(record, chosen, where, base)
         if isinstance(row, LabelRow):
