@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import tlcli.cli as cli_module
+import tlcli.cli_train as cli_train_module
 from tlcli.cli import app
 
 
@@ -64,7 +65,8 @@ def no_tensorflow(monkeypatch):
     def refuse():
         raise ReachedTensorFlow
 
-    monkeypatch.setattr(cli_module, "_import_tensorflow_quietly", refuse)
+    for module in (cli_module, cli_train_module):
+        monkeypatch.setattr(module, "_import_tensorflow_quietly", refuse)
 
 
 @pytest.mark.parametrize("args, message", [
