@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlcli.tflite_metadata import add_metadata, has_metadata, read_labels, read_metadata
+from tlcli.tflite_metadata import add_metadata, has_metadata, read_labels, read_metadata, read_thresholds
 
 LABELS = ["red", "green", "blue", "dark"]
+THRESHOLDS = [0.5, 0.25, 0.75, 0.625]  # a multi-label model's, one per label
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
 
@@ -88,7 +89,8 @@ def plain(images) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def files(plain, tmp_path_factory) -> dict[str, Path]:
     """The models on disk: `<kind>` with tlcli's metadata, `<kind>-plain` without any,
-    `float32-wrong` with a mean and std the model does not take."""
+    `float32-wrong` with a mean and std the model does not take, `float32-multi` with thresholds
+    (as a multi-label model's)."""
     folder = tmp_path_factory.mktemp("tflite")
     out = {}
     for kind, data in plain.items():
@@ -98,6 +100,8 @@ def files(plain, tmp_path_factory) -> dict[str, Path]:
         out[f"{kind}-plain"].write_bytes(data)
     out["float32-wrong"] = folder / "float32-wrong.tflite"
     out["float32-wrong"].write_bytes(add_metadata(plain["float32"], LABELS, name="colours", mean=127.5, std=127.5))
+    out["float32-multi"] = folder / "float32-multi.tflite"
+    out["float32-multi"].write_bytes(add_metadata(plain["float32"], LABELS, name="colours", thresholds=THRESHOLDS))
     return out
 
 
@@ -192,6 +196,25 @@ def test_rejects_labels_that_do_not_fit(plain, labels, match):
         add_metadata(plain["float32"], labels, name="x")
 
 
+def test_a_multi_label_model_carries_its_thresholds(files):
+    import zipfile
+
+    assert read_thresholds(files["float32-multi"]) == THRESHOLDS
+    assert read_thresholds(files["float32"]) is None and read_thresholds(files["float32-plain"]) is None
+    meta = read_metadata(files["float32-multi"])
+    assert meta["files"] == ["thresholds.json"] and read_metadata(files["float32"])["files"] == []
+    assert meta["output"]["description"].startswith("Independent probabilities of the 4 labels")
+    assert read_labels(files["float32-multi"]) == LABELS
+    with zipfile.ZipFile(files["float32-multi"]) as archive:
+        assert json.loads(archive.read("thresholds.json")) == {"labels": LABELS, "thresholds": THRESHOLDS}
+
+
+@pytest.mark.parametrize("thresholds", [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 1.5]])
+def test_rejects_thresholds_that_do_not_fit(plain, thresholds):
+    with pytest.raises(ValueError, match="thresholds must be 4 numbers"):
+        add_metadata(plain["float32"], LABELS, name="x", thresholds=thresholds)
+
+
 def test_rejects_a_zero_std(plain):
     with pytest.raises(ValueError, match="std"):
         add_metadata(plain["float32"], LABELS, name="x", std=0.0)
@@ -249,6 +272,14 @@ def test_mediapipe_classifies_with_the_labels_and_agrees_with_litert(mp_results,
     assert list(scores.argmax(1)) == list(direct.argmax(1)) == list(images[1])
     # Same pixels, same model: only float rounding may differ, so normalization is exactly right.
     assert np.abs(scores - direct).max() < 1e-4
+
+
+def test_mediapipe_loads_a_multi_label_model_with_its_thresholds_file(mp_results, images):
+    result = mp_results["float32-multi"]
+    assert "error" not in result, result
+    assert result["names"] == LABELS and list(np.array(result["scores"]).argmax(1)) == list(images[1])
+    (thresholds_file,) = result["metadata"]["associatedFiles"]  # the model's own, beside its tensors'
+    assert thresholds_file["name"] == "thresholds.json"
 
 
 def test_mediapipe_honours_the_normalization(mp_results, images):

@@ -5,6 +5,8 @@ The metadata follows the public schema (tflite-support / MediaPipe `metadata_sch
 identifier "M001"): a flatbuffer stored as one of the model's buffers, named "TFLITE_METADATA" in
 the model's `metadata` list, with the labels appended to the model as a zip archive (the model
 file is also a valid zip holding labels.txt), as tflite-support's MetadataPopulator does.
+A multi-label model also carries its thresholds: thresholds.json in the same archive, named as
+an associated file of the model, so a lone .tflite knows which of its labels an image carries.
 
 tflite-support needs protobuf < 4, which TensorFlow 2.21 excludes, and MediaPipe 1.x's writers
 fail to import (their native module is missing from its wheels), so the few tables needed are
@@ -14,6 +16,7 @@ written here with `flatbuffers`. Reading needs only `flatbuffers` and `zipfile`,
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 from pathlib import Path
@@ -26,6 +29,7 @@ from flatbuffers.table import Table
 
 METADATA_NAME = "TFLITE_METADATA"
 LABELS_FILE = "labels.txt"
+THRESHOLDS_FILE = "thresholds.json"  # a multi-label model's {"labels": [...], "thresholds": [...]}
 # Every table and field written below exists since schema 1.0.0; a parser must be at least this.
 MIN_PARSER_VERSION = "1.0.0"
 
@@ -40,13 +44,15 @@ _FLOAT32, _UINT8 = 0, 3
 
 def add_metadata(model: bytes, labels: Sequence[str], *, name: str, description: str = "",
                  version: str = "", author: str = "", license: str = "",
-                 mean: float = 0.0, std: float = 1.0) -> bytes:
+                 mean: float = 0.0, std: float = 1.0, thresholds: Sequence[float] | None = None) -> bytes:
     """The .tflite `model` with image-classifier metadata and `labels` as its labels file.
 
     `mean` and `std` say how the model's float input relates to 0..255 RGB pixels: clients feed
     (pixel - mean) / std. tlcli's models take raw pixels, hence 0 and 1. A uint8 input takes the
     pixels as they are (its quantization is in the tensor); the same mean and std are written for
-    it, as the schema asks of quantized models. Any metadata and labels already in `model` are
+    it, as the schema asks of quantized models. `thresholds` (one per label, 0..1) marks a
+    multi-label model: its outputs are independent probabilities and a label applies at or above
+    its threshold; they go into THRESHOLDS_FILE. Any metadata and files already in `model` are
     replaced. Raises ValueError when `model` is not a one-image-in, one-vector-out classifier with
     len(labels) classes.
     """
@@ -55,13 +61,16 @@ def add_metadata(model: bytes, labels: Sequence[str], *, name: str, description:
     schema = _tflite_schema()
     root = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytes(model), 0))
     in_type, out_type = _check_classifier(root, labels, std)
+    if thresholds is not None and (len(thresholds) != len(labels) or not all(0.0 <= t <= 1.0 for t in thresholds)):
+        raise ValueError(f"thresholds must be {len(labels)} numbers between 0 and 1, one per label.")
     # Stats: the values the tensor holds for pixels 0..255 (float: normalized, as MediaPipe's
     # writer records them) and for the scores (probabilities, or their uint8 quantization).
     input_range = ([0.0], [255.0]) if in_type == _UINT8 else ([(0.0 - mean) / std], [(255.0 - mean) / std])
     output_range = ([0.0], [255.0]) if out_type == _UINT8 else ([0.0], [1.0])
     meta = _metadata_buffer(len(labels), name=name, description=description, version=version,
                             author=author, license=license, mean=mean, std=std,
-                            input_range=input_range, output_range=output_range)
+                            input_range=input_range, output_range=output_range,
+                            multi_label=thresholds is not None)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(meta, np.uint8)
     entries = [m for m in (root.metadata or []) if m.name.decode() == METADATA_NAME]
@@ -81,6 +90,9 @@ def add_metadata(model: bytes, labels: Sequence[str], *, name: str, description:
     # Stored, not deflated: the clients' zip readers expect it, as tflite-support writes it.
     with zipfile.ZipFile(out, "a", zipfile.ZIP_STORED) as archive:
         archive.writestr(LABELS_FILE, "\n".join(labels) + "\n")
+        if thresholds is not None:
+            archive.writestr(THRESHOLDS_FILE, json.dumps({"labels": list(labels),
+                                                          "thresholds": [float(t) for t in thresholds]}))
     return out.getvalue()
 
 
@@ -89,7 +101,8 @@ def read_metadata(source: bytes | str | Path) -> dict | None:
 
     {"name", "description", "version", "author", "license", "min_parser_version",
      "input": {"name", "color_space", "mean", "std", "min", "max"},
-     "output": {"name", "min", "max", "labels_file"}}; lists are per channel.
+     "output": {"name", "description", "min", "max", "labels_file"}, "files": [model-level associated
+     files]}; lists are per channel.
     """
     data = _bytes(source)
     try:
@@ -102,6 +115,7 @@ def read_metadata(source: bytes | str | Path) -> dict | None:
         for key, slot in (("input", 2), ("output", 3)):
             tensors = subgraph.tables(slot)
             result[key] = _tensor(tensors[0]) if tensors else None
+        result["files"] = [f.string(0) for f in meta.tables(6)]  # ModelMetadata.associated_files
         return result
     except (IndexError, struct.error, UnicodeDecodeError):  # too damaged to tell: as good as none
         return None
@@ -116,17 +130,37 @@ def read_labels(source: bytes | str | Path) -> list[str] | None:
     """The class names of a .tflite (bytes or path) from its metadata's labels file, or None."""
     data = _bytes(source)
     meta = read_metadata(data)
-    file_name = ((meta or {}).get("output") or {}).get("labels_file")
-    if not file_name:
-        return None
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            text = archive.read(file_name).decode("utf-8")
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
+    text = _packed_file(data, ((meta or {}).get("output") or {}).get("labels_file"))
+    if text is None:
         return None
     # MediaPipe's reading: one label a line, a final newline ends the last one.
     lines = text.split("\n")
     return lines[:-1] if lines[-1] == "" else lines
+
+
+def read_thresholds(source: bytes | str | Path) -> list[float] | None:
+    """A multi-label .tflite's threshold per label (bytes or path), or None: a single-label model,
+    or one without tlcli's metadata."""
+    data = _bytes(source)
+    meta = read_metadata(data)
+    if THRESHOLDS_FILE not in (meta or {}).get("files", []):
+        return None
+    try:
+        thresholds = json.loads(_packed_file(data, THRESHOLDS_FILE) or "null")["thresholds"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return thresholds if isinstance(thresholds, list) else None
+
+
+def _packed_file(data: bytes, name: str | None) -> str | None:
+    """The text of file `name` in the zip archive a .tflite carries, or None."""
+    if not name:
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return archive.read(name).decode("utf-8")
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError):
+        return None
 
 
 # ---------------------------------------------------------------- writing
@@ -177,7 +211,7 @@ class _Aligned:
 
 
 def _metadata_buffer(classes: int, *, name, description, version, author, license, mean, std,
-                     input_range, output_range) -> bytes:
+                     input_range, output_range, multi_label: bool = False) -> bytes:
     """The ModelMetadata flatbuffer; slot numbers are field positions in metadata_schema.fbs
     (a union takes two: its type, then its value)."""
     b = flatbuffers.Builder(1024)
@@ -217,14 +251,20 @@ def _metadata_buffer(classes: int, *, name, description, version, author, licens
                          (1, "o", string("Labels for categories that the model can recognize.")),
                          (2, "u8", _TENSOR_AXIS_LABELS)])
     feature_content = table([(0, "u8", _FEATURE_PROPERTIES), (1, "o", table([]))])
-    scores = table([(0, "o", string("probability")),
-                    (1, "o", string(f"Probabilities of the {classes} labels respectively.")),
+    meaning = (f"Independent probabilities of the {classes} labels respectively; a label applies when its "
+               f"probability reaches its threshold, listed in {THRESHOLDS_FILE}." if multi_label else
+               f"Probabilities of the {classes} labels respectively.")
+    scores = table([(0, "o", string("probability")), (1, "o", string(meaning)),
                     (3, "o", feature_content), (5, "o", stats(*output_range)),
                     (6, "o", vector([labels_file]))])
     subgraph = table([(2, "o", vector([image])), (3, "o", vector([scores]))])
+    # Model-level, where MediaPipe's classifier does not look for labels or score calibration.
+    files = vector([table([(0, "o", string(THRESHOLDS_FILE)),
+                           (1, "o", string("Multi-label: the threshold of each label, in label order."))])]) \
+        if multi_label else None
     root = table([(0, "o", string(name)), (1, "o", string(description)), (2, "o", string(version)),
                   (3, "o", vector([subgraph])), (4, "o", string(author)), (5, "o", string(license)),
-                  (7, "o", string(MIN_PARSER_VERSION))])
+                  (6, "o", files), (7, "o", string(MIN_PARSER_VERSION))])
     b.Finish(root, file_identifier=b"M001")
     return bytes(b.Output())
 
@@ -301,7 +341,7 @@ def _tensor(t: _Node) -> dict:
     content, stats = t.table(3), t.table(5)
     image = content.table(1) if content.u8(0) == _IMAGE_PROPERTIES else None
     labels = [f.string(0) for f in t.tables(6) if f.u8(2) == _TENSOR_AXIS_LABELS]
-    return {"name": t.string(0),
+    return {"name": t.string(0), "description": t.string(1),
             "color_space": {0: "UNKNOWN", 1: "RGB", 2: "GRAYSCALE"}.get(image.u8(0)) if image else None,
             "mean": normalization.floats(0), "std": normalization.floats(1),
             "min": stats.floats(1), "max": stats.floats(0), "labels_file": labels[0] if labels else None}
