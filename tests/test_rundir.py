@@ -62,7 +62,8 @@ def test_write_csv_survives_file_names_that_are_not_utf8(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_tflite(tmp_path_factory):
-    """{"metadata": bytes, "plain": bytes}: an 8 px, 3-class .tflite with and without tlcli's metadata."""
+    """{"metadata": bytes, "plain": bytes, "multi": bytes}: an 8 px, 3-class .tflite with and without
+    tlcli's metadata, and with a multi-label model's (thresholds)."""
     import keras
 
     from tlcli.convert import ModelInfo, convert_tflite, write_tflite
@@ -72,7 +73,8 @@ def small_tflite(tmp_path_factory):
     folder = tmp_path_factory.mktemp("small")
     data = convert_tflite(model, "float32")[0]
     write_tflite(folder / "m.tflite", data, ModelInfo(("ant", "bee", "cow")))
-    return {"metadata": (folder / "m.tflite").read_bytes(), "plain": data}
+    write_tflite(folder / "multi.tflite", data, ModelInfo(("ant", "bee", "cow"), thresholds=(0.25, 0.5, 0.75)))
+    return {"metadata": (folder / "m.tflite").read_bytes(), "plain": data, "multi": (folder / "multi.tflite").read_bytes()}
 
 
 def test_a_lone_tflite_takes_its_labels_from_its_metadata(small_tflite, tmp_path):
@@ -117,3 +119,60 @@ def test_a_onnx_is_a_model_named_by_its_runner_unless_labels_are_beside_it(tmp_p
     assert (resolve_model(lone).labels, resolve_model(lone).image_size) == (["a", "b"], 0)
     with pytest.raises(TlcliError, match=r"\.tflite or \.onnx"):
         resolve_model(tmp_path / "missing.onnx")
+
+
+# ---------------------------------------------------------------- multi-label: thresholds beside the model
+
+
+def _run_folder(tmp_path, config: dict, thresholds: dict | None = None):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")  # not opened by resolve_model
+    (run / "labels.txt").write_text("ant\nbee\ncow\n")
+    (run / "config.json").write_text(json.dumps({"image_size": 32, **config}))
+    if thresholds is not None:
+        (run / "thresholds.json").write_text(json.dumps(thresholds))
+    return run
+
+
+def test_a_multi_label_run_gives_its_tuned_thresholds(tmp_path):
+    run = _run_folder(tmp_path, {"multi_label": True},
+                      {"labels": ["ant", "bee", "cow"], "thresholds": [0.3, 0.55, 1], "tuned_on": "val", "metric": "f1"})
+    ref = resolve_model(run)
+    assert (ref.multi_label, ref.thresholds) == (True, [0.3, 0.55, 1.0])
+
+
+def test_a_single_label_run_has_no_thresholds(trained_run):
+    ref = resolve_model(trained_run)
+    assert (ref.multi_label, ref.thresholds) == (False, None)
+
+
+def test_a_multi_label_run_without_thresholds_json_takes_one_half(tmp_path):
+    assert resolve_model(_run_folder(tmp_path, {"multi_label": True})).thresholds == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("saved, match", [({"labels": ["ant", "bee", "cow"], "thresholds": [0.5, 0.5]}, "one threshold"),
+                                          ({"labels": ["ant", "bee", "cow"], "thresholds": [0.5, 0.5, 2]}, "between 0 and 1"),
+                                          ({"labels": ["cow", "bee", "ant"], "thresholds": [0.5] * 3}, "not labels.txt's")])
+def test_thresholds_that_do_not_fit_the_labels_are_a_one_line_error(tmp_path, saved, match):
+    with pytest.raises(TlcliError, match=match):
+        resolve_model(_run_folder(tmp_path, {"multi_label": True}, saved))
+
+
+def test_an_export_folder_gives_model_json_s_thresholds(small_tflite, tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.tflite").write_bytes(small_tflite["plain"])
+    (export / "labels.txt").write_text("ant\nbee\ncow\n")
+    (export / "model.json").write_text(json.dumps({"input_size": 8, "multi_label": True, "thresholds": [0.1, 0.2, 0.3]}))
+    ref = resolve_model(export / "model.tflite")
+    assert (ref.multi_label, ref.thresholds, ref.image_size) == (True, [0.1, 0.2, 0.3], 8)
+
+
+def test_a_lone_multi_label_tflite_takes_its_thresholds_from_its_metadata(small_tflite, tmp_path):
+    lone = tmp_path / "model.tflite"
+    lone.write_bytes(small_tflite["multi"])
+    ref = resolve_model(lone)
+    assert (ref.labels, ref.multi_label, ref.thresholds) == (["ant", "bee", "cow"], True, [0.25, 0.5, 0.75])
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")  # labels beside it, nothing about thresholds: still its own
+    assert resolve_model(lone).thresholds == [0.25, 0.5, 0.75]

@@ -211,20 +211,28 @@ class ModelInfo:
     labels: tuple[str, ...]
     backbone: str = "unknown"
     run: str = ""  # the run's name, when the model comes from one
+    thresholds: tuple[float, ...] | None = None  # a multi-label model's, one per label
 
     def metadata(self, size: int, dtype: str) -> dict:
         """Keyword arguments of `add_metadata` for a model of `size` px input of `dtype`."""
         from tlcli import __version__
 
         names = ", ".join(self.labels)
-        description = (f"Classifies an image as one of {len(self.labels)} classes ({names}). Input: raw RGB "
-                       f"pixels 0-255 at {size}x{size}, {dtype}, no scaling (preprocessing is inside). Output: "
-                       f"softmax probabilities in label order. Trained with tlcli {__version__}"
+        if self.thresholds is None:
+            task = f"Classifies an image as one of {len(self.labels)} classes ({names})."
+            output = "softmax probabilities in label order."
+        else:
+            task = f"Tags an image with any of {len(self.labels)} labels ({names})."
+            output = ("independent (sigmoid) probabilities in label order; a label applies at or above its "
+                      "threshold (thresholds.json).")
+        description = (f"{task} Input: raw RGB pixels 0-255 at {size}x{size}, {dtype}, no scaling (preprocessing "
+                       f"is inside). Output: {output} Trained with tlcli {__version__}"
                        + (f", run {self.run}." if self.run else "."))
         # Float inputs take raw pixels, so mean 0 and std 1; a uint8 input's scale 1 and zero
         # point 0 say the same in its quantization, and the schema asks for the normalization anyway.
         return {"name": f"tlcli {self.backbone} classifier", "description": description,
-                "version": self.run or f"tlcli {__version__}", "author": "tlcli", "mean": 0.0, "std": 1.0}
+                "version": self.run or f"tlcli {__version__}", "author": "tlcli", "mean": 0.0, "std": 1.0,
+                **({"thresholds": list(self.thresholds)} if self.thresholds is not None else {})}
 
 
 def write_tflite(path: Path, data: bytes, info: ModelInfo | None = None) -> None:

@@ -139,6 +139,10 @@ class ModelRef:
     labels: list[str]  # empty for a lone .onnx: its runner reads them from the file's metadata
     image_size: int  # 0: not known beside the model (a lone .tflite or .onnx): its runner reads it from the file
     run_dir: Path | None  # the run it belongs to, when known
+    # A multi-label model (sigmoid outputs): an image carries every label whose probability reaches
+    # the label's threshold. False for a lone .onnx until its runner reads its metadata.
+    multi_label: bool = False
+    thresholds: list[float] | None = None  # one per label for a multi-label model, else None
 
 
 def resolve_model(model: str | os.PathLike | None, project: str | os.PathLike = "runs") -> ModelRef:
@@ -175,7 +179,10 @@ def _ref(kind: str, path: Path, folder: Path) -> ModelRef:
         if labels_file.is_file():
             labels = [l for l in labels_file.read_text(encoding="utf-8").splitlines() if l.strip()]
             size = _image_size(candidate, required=kind not in ("tflite", "onnx"))
-            return ModelRef(kind, path, labels, size, _run_of(candidate))
+            thresholds = _thresholds(candidate, labels)
+            if thresholds is None and kind == "tflite":  # a .tflite moved beside a labels.txt: its own say
+                thresholds = _tflite_thresholds(path, labels)
+            return ModelRef(kind, path, labels, size, _run_of(candidate), thresholds is not None, thresholds)
     if kind == "tflite":
         from tlcli.tflite_metadata import read_labels  # flatbuffers and zipfile only: no TensorFlow
 
@@ -184,7 +191,8 @@ def _ref(kind: str, path: Path, folder: Path) -> ModelRef:
         except OSError as error:
             raise TlcliError(f"cannot read '{path}': {error.strerror or error}.") from None
         if labels:
-            return ModelRef(kind, path, labels, 0, None)
+            thresholds = _tflite_thresholds(path, labels)
+            return ModelRef(kind, path, labels, 0, None, thresholds is not None, thresholds)
         raise TlcliError(f"no labels.txt beside '{path}', in its run folder or in its TFLite metadata: "
                          "cannot name the classes.")
     if kind == "onnx":
@@ -196,10 +204,7 @@ def _image_size(folder: Path, required: bool = True) -> int:
     for name, key in (("model.json", "input_size"), ("config.json", "image_size")):
         file = folder / name
         if file.is_file():
-            try:
-                value = json.loads(file.read_text(encoding="utf-8")).get(key)
-            except json.JSONDecodeError:
-                raise TlcliError(f"'{file}' is not valid JSON.") from None
+            value = _json(file).get(key)
             if isinstance(value, list):
                 value = value[0]
             if value:
@@ -207,6 +212,57 @@ def _image_size(folder: Path, required: bool = True) -> int:
     if not required:
         return 0
     raise TlcliError(f"cannot tell the model's input size: no config.json or model.json in '{folder}'.")
+
+
+THRESHOLDS_FILE = "thresholds.json"  # a multi-label run's threshold per label, tuned by training
+
+
+def _thresholds(folder: Path, labels: list[str]) -> list[float] | None:
+    """A multi-label model's thresholds, one per label, from the files beside it: an export
+    folder's model.json, else a run's config.json and thresholds.json (0.5 each when training
+    wrote none); None for a single-label model."""
+    for name in ("model.json", "config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        info = _json(file)
+        if not info.get("multi_label"):
+            return None
+        if name == "model.json":
+            return check_thresholds(info.get("thresholds"), labels, file)
+        tuned = folder / THRESHOLDS_FILE
+        if not tuned.is_file():
+            return [0.5] * len(labels)
+        saved = _json(tuned)
+        if saved.get("labels", labels) != labels:
+            raise TlcliError(f"'{tuned}' is for the labels {', '.join(map(str, saved['labels']))}, not labels.txt's.")
+        return check_thresholds(saved.get("thresholds"), labels, tuned)
+    return None
+
+
+def _tflite_thresholds(path: Path, labels: list[str]) -> list[float] | None:
+    from tlcli.tflite_metadata import read_thresholds  # flatbuffers and zipfile only: no TensorFlow
+
+    thresholds = read_thresholds(path)
+    return None if thresholds is None else check_thresholds(thresholds, labels, path)
+
+
+def check_thresholds(values, labels: list[str], where) -> list[float]:
+    """`values` as one threshold per label, each in 0..1, or a one-line error naming `where`."""
+    ok = isinstance(values, list) and len(values) == len(labels) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values)
+    if not ok:
+        raise TlcliError(f"'{where}' must hold one threshold between 0 and 1 per label ({len(labels)}), "
+                         f"not {str(values)[:80]}.")
+    return [float(v) for v in values]
+
+
+def _json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise TlcliError(f"'{file}' is not valid JSON.") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _run_of(folder: Path) -> Path | None:
