@@ -120,6 +120,27 @@ def test_a_fixed_batch_size_is_fed_whole(trained_run, onnx_model, image_folder, 
 
 
 @requires_onnx
+def test_a_lone_multi_label_onnx_reads_its_thresholds(onnx_model, tmp_path):
+    """A multi-label model's thresholds ride in the metadata as its labels do (convert_onnx writes
+    them; here they are added by hand, so no second conversion is needed)."""
+    import onnx
+
+    from tlcli.onnx_format import OnnxRunner, read_thresholds
+
+    assert read_thresholds(onnx_model) is None and OnnxRunner(ModelRef("onnx", onnx_model, [], 0, None)).multi_label is False
+    model = onnx.load(str(onnx_model))
+    model.metadata_props.add(key="thresholds", value="[0.25, 0.5, 0.75]")
+    tagged = tmp_path / "multi.onnx"
+    onnx.save(model, str(tagged))
+    runner = OnnxRunner(ModelRef("onnx", tagged, [], 0, None))
+    assert (runner.multi_label, runner.thresholds) == (True, [0.25, 0.5, 0.75])
+    model.metadata_props[-1].value = "[0.25, 0.5]"  # one short: refused in a line, not guessed
+    onnx.save(model, str(tagged))
+    with pytest.raises(TlcliError, match="one threshold between 0 and 1 per label"):
+        OnnxRunner(ModelRef("onnx", tagged, [], 0, None))
+
+
+@requires_onnx
 def test_onnx_prediction_never_imports_tensorflow(onnx_model, trained_run):
     script = textwrap.dedent("""
         import json, sys

@@ -4,7 +4,8 @@ The file takes what every tlcli export takes: raw RGB pixels (0-255) as float32,
 model's size, with a free batch size; the backbone's preprocessing is inside it. Its one output,
 `probabilities`, has a score per class. The class names travel inside the file too, as the JSON
 list `labels` in the model's metadata_props, which onnxruntime reads without the `onnx` package
-(`session.get_modelmeta().custom_metadata_map`), so a lone `.onnx` still names its classes.
+(`session.get_modelmeta().custom_metadata_map`), so a lone `.onnx` still names its classes; a
+multi-label model's thresholds travel the same way, as the JSON list `thresholds`.
 
 Both sides are optional: they need the `[onnx]` extra (tf2onnx and onnx to convert, onnxruntime
 to run). Running never imports TensorFlow, so `predict` on a `.onnx` starts as fast as on a
@@ -26,10 +27,11 @@ import numpy as np
 
 from tlcli.errors import TlcliError
 from tlcli.progress import quiet_native_output
-from tlcli.rundir import ModelRef, atomic_path
+from tlcli.rundir import ModelRef, atomic_path, check_thresholds
 
 INPUT, OUTPUT = "image", "probabilities"
 LABELS_KEY = "labels"  # metadata_props key holding the class names as a JSON list
+THRESHOLDS_KEY = "thresholds"  # a multi-label model's threshold per label, a JSON list
 # Pinned so that the file does not change with tf2onnx's default (15 in tf2onnx 1.17);
 # onnxruntime reads opset 15 since 1.10.
 OPSET = 15
@@ -37,12 +39,13 @@ MISSING_EXTRA = "pip install 'tlcli[onnx]'"
 _NUMPY_NAMES = {"float": "float32", "double": "float64"}  # onnxruntime's tensor type names that differ
 
 
-def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str] | None = None) -> None:
+def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str] | None = None,
+                 thresholds: list[float] | None = None) -> None:
     """Write `classifier` (a tlcli Keras model) to `path` as ONNX, atomically.
 
     Input `image`: float32 (batch, image_size, image_size, 3) raw RGB; output `probabilities`.
     Traced at a fixed size, tlcli's Resize layer is the identity and leaves no ops behind.
-    `labels`, if given, are stored in the file's metadata.
+    `labels` and a multi-label model's `thresholds`, if given, are stored in the file's metadata.
     """
     tf2onnx = require_converter()
     import tensorflow as tf
@@ -69,6 +72,8 @@ def convert_onnx(classifier, path: str | Path, image_size: int, labels: list[str
                         f"RGB 0-255 -> {OUTPUT} (batch, classes)")
     if labels is not None:
         proto.metadata_props.add(key=LABELS_KEY, value=json.dumps(list(labels), ensure_ascii=False))
+    if thresholds is not None:
+        proto.metadata_props.add(key=THRESHOLDS_KEY, value=json.dumps([float(t) for t in thresholds]))
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(proto.SerializeToString())
 
@@ -105,17 +110,25 @@ def _import_extra(name: str, task: str):
 
 def read_labels(source) -> list[str] | None:
     """The class names stored in a `.onnx` file (a path or an onnxruntime session), or None."""
+    labels = _metadata_list(source, LABELS_KEY)
+    return labels if labels is not None and all(isinstance(l, str) for l in labels) else None
+
+
+def read_thresholds(source) -> list | None:
+    """A multi-label `.onnx` file's thresholds (a path or session), or None for a single-label one."""
+    return _metadata_list(source, THRESHOLDS_KEY)
+
+
+def _metadata_list(source, key: str) -> list | None:
     session = source if hasattr(source, "get_modelmeta") else onnx_session(source)
-    text = session.get_modelmeta().custom_metadata_map.get(LABELS_KEY)
+    text = session.get_modelmeta().custom_metadata_map.get(key)
     if text is None:
         return None
     try:
-        labels = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(labels, list) or not all(isinstance(l, str) for l in labels):
-        return None
-    return labels
+    return value if isinstance(value, list) else None
 
 
 def describe(source) -> dict:
@@ -140,7 +153,8 @@ class OnnxRunner:
     `tlcli.runtime` runner, `predict(images)` mapping (n, size, size, 3) pixels to (n, classes).
 
     The input size comes from the model's input shape where it is fixed (else from `ref`);
-    the labels from `ref`, or from the file's metadata when `ref` has none (a lone .onnx).
+    the labels from `ref`, or from the file's metadata when `ref` has none (a lone .onnx), and
+    so do a multi-label model's thresholds.
     """
 
     kind = "onnx"
@@ -149,6 +163,7 @@ class OnnxRunner:
     def __init__(self, ref: ModelRef):
         self.ref, self.path = ref, Path(ref.path)
         self.labels, self.image_size = list(ref.labels), ref.image_size
+        self.multi_label, self.thresholds = ref.multi_label, ref.thresholds
         self.session = onnx_session(self.path)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -164,6 +179,9 @@ class OnnxRunner:
             self.labels = read_labels(self.session) or []
         if not self.labels:
             raise TlcliError(f"no labels.txt beside '{self.path}' and none in its metadata: cannot name the classes.")
+        if self.thresholds is None and read_thresholds(self.session) is not None:
+            self.thresholds = check_thresholds(read_thresholds(self.session), self.labels, self.path)
+            self.multi_label = True
         classes = self._out.shape[-1] if self._out.shape else None
         if isinstance(classes, int) and classes != len(self.labels):
             raise TlcliError(f"'{self.path}' outputs {classes} classes but its labels list {len(self.labels)}: "

@@ -42,7 +42,8 @@ class Runner:
     """A loaded model: `predict(images)` maps uint8 (n, size, size, 3) to probabilities (n, classes).
 
     `image_size` is the size to decode images at; `uses_tensorflow` tells callers whether
-    TensorFlow is loaded anyway (and so may decode in tf.data).
+    TensorFlow is loaded anyway (and so may decode in tf.data). A `multi_label` model's
+    probabilities are independent, and `thresholds` (one per label) say which labels apply.
     """
 
     kind = "?"
@@ -53,6 +54,7 @@ class Runner:
         self.path = Path(ref.path)
         self.labels = list(ref.labels)
         self.image_size = ref.image_size
+        self.multi_label, self.thresholds = ref.multi_label, ref.thresholds
 
     def predict(self, images) -> np.ndarray:
         """Probabilities (n, classes) float32 for uint8 images (n, size, size, 3)."""
