@@ -123,3 +123,55 @@ def read_events(folder: Path) -> dict:
                 if value.metadata.plugin_data.plugin_name:
                     found[f"plugin:{value.tag}"] = value.metadata.plugin_data.plugin_name
     return found
+
+
+# ---------------------------------------------------------------- a multi-label run with known outputs
+
+FIXED_LABELS = ("circle", "square", "triangle")
+FIXED_PROBS = (0.8, 0.3, 0.55)  # every image's probabilities: the head ignores the image
+FIXED_THRESHOLDS = (0.5, 0.25, 0.6)  # so every image carries exactly {circle, square}
+# The run's labels.csv: (image of `image_folder`, labels, split). The test rows' figures are
+# worked out by hand in the tests.
+FIXED_ROWS = [("bright/bright_0.jpg", "circle;square", "train"), ("bright/bright_1.png", "circle", "train"),
+              ("dark/dark_0.jpg", "triangle", "train"), ("dark/dark_1.png", "square;triangle", "train"),
+              ("striped/striped_0.jpg", "circle;triangle", "train"), ("striped/striped_1.png", "square", "train"),
+              ("bright/bright_2.jpg", "circle;square", "val"), ("dark/dark_2.jpg", "triangle", "val"),
+              ("striped/striped_2.jpg", "square", "val"),
+              ("bright/bright_3.png", "circle;square", "test"), ("bright/bright_4.jpg", "circle", "test"),
+              ("dark/dark_3.png", "triangle", "test"), ("striped/striped_3.png", "square;triangle", "test")]
+
+
+@pytest.fixture(scope="session")
+def fixed_multilabel_run(image_folder, tmp_path_factory) -> Path:
+    """A complete multi-label run made by hand, not trained: tlcli's tiny classifier with a
+    sigmoid head whose kernel is zero, so every image gets FIXED_PROBS; thresholds.json holds
+    FIXED_THRESHOLDS; config.json says it was trained on `labels.csv` (FIXED_ROWS, `;` between
+    labels), beside the run. Treat as read-only."""
+    import json
+
+    import keras
+
+    from tlcli.model import build_classifier
+    from tlcli.rundir import mark_complete
+
+    root = tmp_path_factory.mktemp("fixed_multilabel")
+    data = root / "labels.csv"
+    data.write_text("path,labels,split\n" + "".join(f"{image_folder / p},{labels},{split}\n"
+                                                     for p, labels, split in FIXED_ROWS))
+    run = root / "runs" / "train"
+    run.mkdir(parents=True)
+    model = build_classifier("tiny", len(FIXED_LABELS), 32, weights="none")
+    head = model.get_layer("predictions")
+    head.activation = keras.activations.sigmoid
+    kernel, _ = head.get_weights()
+    logits = np.log(np.asarray(FIXED_PROBS) / (1 - np.asarray(FIXED_PROBS)))
+    head.set_weights([np.zeros_like(kernel), logits.astype("float32")])
+    model.save(run / "model.keras")
+    (run / "labels.txt").write_text("\n".join(FIXED_LABELS) + "\n")
+    (run / "config.json").write_text(json.dumps({
+        "data_dir": str(data), "backbone": "tiny", "weights": "none", "image_size": 32, "val_split": 0.2, "seed": 0,
+        "multi_label": True, "label_delimiter": ";", "class_names": list(FIXED_LABELS)}))
+    (run / "thresholds.json").write_text(json.dumps({"labels": list(FIXED_LABELS), "thresholds": list(FIXED_THRESHOLDS),
+                                                     "tuned_on": "val", "metric": "f1"}))
+    mark_complete(run)
+    return run

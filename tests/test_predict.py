@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -321,3 +322,53 @@ def test_tflite_and_onnx_prediction_never_imports_tensorflow(request, image_fold
     assert report == {"code": 0, "heavy": []}
     assert json.loads(proc.stdout)[0]["label"] == expected_label(image)
     assert seconds < 5, f"predicting one image with a {model_path.suffix} model took {seconds:.1f}s"
+
+
+# ---------------------------------------------------------------- a multi-label model
+
+
+def test_multi_label_rows_hold_every_label_above_its_threshold(cli, fixed_multilabel_run, image_folder):
+    # Every image scores circle 0.8 (threshold 0.5), square 0.3 (0.25), triangle 0.55 (0.6).
+    result = cli(["predict", image_folder / "dark", "--model", fixed_multilabel_run, "-f", "json", "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    rows = _json(result)
+    assert len(rows) == 8 and all(set(r) == {"path", "labels", "top_k", "error"} for r in rows)
+    assert rows[0]["labels"] == [{"label": "circle", "confidence": pytest.approx(0.8), "threshold": 0.5},
+                                 {"label": "square", "confidence": pytest.approx(0.3), "threshold": 0.25}]
+    # The top-k are the most probable labels, whether above their thresholds or not.
+    assert [t["label"] for t in rows[0]["top_k"]] == ["circle", "triangle"]
+
+
+def test_multi_label_min_confidence_raises_each_threshold_to_it(cli, fixed_multilabel_run, image_folder):
+    result = cli(["predict", image_folder / "dark" / "dark_0.jpg", "--model", fixed_multilabel_run, "-f", "json",
+                  "--min-confidence", "0.4"])
+    (row,) = _json(result)
+    assert row["labels"] == [{"label": "circle", "confidence": pytest.approx(0.8), "threshold": 0.5}]
+    result = cli(["predict", image_folder / "dark" / "dark_0.jpg", "--model", fixed_multilabel_run, "-f", "json",
+                  "--min-confidence", "0.9"])
+    assert _json(result)[0]["labels"] == []
+
+
+def test_multi_label_csv_and_table(cli, fixed_multilabel_run, image_folder, tmp_path):
+    out = tmp_path / "p.csv"
+    unreadable = tmp_path / "broken.png"
+    unreadable.write_bytes(b"not an image")
+    result = cli(["predict", image_folder / "dark" / "dark_0.jpg", unreadable, "--model", fixed_multilabel_run,
+                  "-o", out, "--top-k", "1"])
+    assert result.exit_code == 1  # the unreadable file
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0]) == ["path", "labels", "confidences", "top1_label", "top1_confidence", "error"]
+    assert (rows[0]["labels"], rows[0]["confidences"]) == ("circle;square", "0.8;0.3")
+    assert rows[1]["labels"] == "" and rows[1]["error"]
+    table = cli(["predict", image_folder / "dark" / "dark_0.jpg", "--model", fixed_multilabel_run,
+                 "--min-confidence", "0.9"])
+    assert "none above threshold" in table.stdout and "1 with none above threshold" in table.stdout
+
+
+def test_multi_label_summary_counts_images_per_label(cli, fixed_multilabel_run, image_folder):
+    result = cli(["predict", image_folder, "--model", fixed_multilabel_run])
+    summary = result.stdout.split("First")[0]
+    rows = [[cell.strip() for cell in re.split("[│┃]", line) if cell.strip()] for line in summary.splitlines()]
+    assert ["predicted label", "images", "mean confidence"] in rows
+    assert ["circle", "24", "0.800"] in rows and ["square", "24", "0.300"] in rows
+    assert "triangle" not in summary  # in no image's labels

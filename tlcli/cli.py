@@ -98,7 +98,7 @@ def predict(
     batch_size: BatchSize = 32,
     full: Annotated[bool, typer.Option("--full", help=f"Print every row of the table, even for more than {tables.SUMMARY_ABOVE} images.")] = False,
     tta: Tta = None,
-    min_confidence: Annotated[Optional[float], typer.Option(help="Label an image 'unknown' when its top probability is below this (0-1); its top-k are still listed.", show_default=False)] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Label an image 'unknown' when its top probability is below this (0-1); its top-k are still listed. Multi-label: every label's threshold is raised to at least this.", show_default=False)] = None,
     quiet: Quiet = False,
 ):
     """Predict the class of images with a trained model (.keras, SavedModel, .tflite or .onnx).
@@ -106,6 +106,10 @@ def predict(
     Image size, preprocessing and labels come from the model and its run folder. A file that
     cannot be read gets a row with its error and makes the exit code 1; the others are still
     predicted. JSON rows: {"path", "label", "confidence", "top_k": [{"label", "confidence"}], "error"}.
+
+    A multi-label model gives each image every label at or above its threshold (tuned in
+    training), or none: JSON rows {"path", "labels": [{"label", "confidence", "threshold"}],
+    "top_k", "error"}; CSV columns labels and confidences, ;-separated.
 
     In the terminal, more than a screenful of images gets a summary (images and mean confidence
     per predicted class, and how many are unknown) and the first rows; --full, --format or

@@ -4,6 +4,9 @@ Files are decoded by `tlcli.images.load_image` exactly as in training, in parall
 inference, and run by a `tlcli.runtime` Runner, the code export's parity check measures too;
 `evaluate` reuses `classify`.
 
+A multi-label model (`Runner.multi_label`) gives each image every label whose probability
+reaches the label's threshold, rather than one best class: its rows hold `labels`, not `label`.
+
 Nothing in this module imports TensorFlow or Keras at module level. A `.tflite` model runs on the
 LiteRT interpreter and decodes in a thread pool, so predicting one image with it starts in well
 under a second; Keras and SavedModel models load TensorFlow anyway and decode in tf.data.
@@ -25,11 +28,14 @@ import numpy as np
 from tlcli.data import ImageError, expand_path, load_image
 from tlcli.errors import TlcliError
 from tlcli.fs import is_url
+from tlcli.multilabel import predicted_sets
 from tlcli.rundir import ModelRef
 from tlcli.runtime import Runner, open_model, with_tta
 
 FORMATS = ("table", "json", "csv")
 UNKNOWN = "unknown"  # predict --min-confidence: the label of an image the model is unsure of
+NO_LABEL = "none above threshold"  # a multi-label image none of whose labels reaches its threshold
+MULTI_LABEL_SEPARATOR = ";"  # between the labels of one image in a CSV cell
 
 
 # ---------------------------------------------------------------- inputs
@@ -161,6 +167,8 @@ def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: in
     {"path", "label", "confidence", "top_k": [{"label", "confidence"}], "error"}; a file that
     cannot be read has its `error` set and no label. `tta` (flip, flip+crops) averages over views
     of each image (`tlcli.runtime.with_tta`); below `min_confidence` the label is UNKNOWN.
+    A multi-label model's rows hold `labels` instead of `label` and `confidence` (see
+    `multilabel_row`).
     """
     from rich.console import Console
 
@@ -170,7 +178,8 @@ def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: in
         raise TlcliError("--top-k must be at least 1.")
     items = expand_paths(args)
     runner = with_tta(open_model(ref), tta)
-    if min_confidence is not None and UNKNOWN in runner.labels:
+    multi = runner.thresholds if runner.multi_label else None
+    if min_confidence is not None and UNKNOWN in runner.labels and multi is None:
         raise TlcliError(f"the model has a class named '{UNKNOWN}': --min-confidence would make it ambiguous.")
     todo = [i for i, (_, problem) in enumerate(items) if problem is None]
     with make_progress(console or Console(stderr=True), quiet or len(todo) < 2) as progress:
@@ -183,8 +192,12 @@ def predict_files(ref: ModelRef, args: list[str], top_k: int = 3, batch_size: in
     results = []
     for i, (path, problem) in enumerate(items):
         problem = problem or problems.get(i)
-        if problem:
+        if problem and multi is not None:
+            results.append({"path": path, "labels": [], "top_k": [], "error": problem})
+        elif problem:
             results.append({"path": path, "label": None, "confidence": None, "top_k": [], "error": problem})
+        elif multi is not None:
+            results.append(multilabel_row(path, probs[rows_of[i]], runner.labels, multi, top_k, min_confidence))
         else:
             results.append(result_row(path, probs[rows_of[i]], runner.labels, top_k, min_confidence))
     return results
@@ -201,8 +214,28 @@ def result_row(path: str, probs: np.ndarray, labels: list[str], top_k: int,
             "top_k": top, "error": None}
 
 
+def multilabel_row(path: str, probs: np.ndarray, labels: list[str], thresholds, top_k: int,
+                   min_confidence: float | None = None) -> dict:
+    """One multi-label prediction as the JSON row: {"path", "labels": [{"label", "confidence",
+    "threshold"}], "top_k", "error"}, `labels` holding every label at or above its threshold, most
+    probable first (none: an empty list). `min_confidence` raises every threshold below it to it;
+    `threshold` is the bar each label cleared. The top-k are the k most probable labels, above
+    their thresholds or not, as for a single-label model."""
+    order = np.argsort(-probs, kind="stable")
+    bars = np.maximum(np.asarray(thresholds, np.float64), min_confidence or 0.0)
+    present = predicted_sets(probs[None], bars)[0]
+    return {"path": path,
+            "labels": [{"label": labels[j], "confidence": round(float(probs[j]), 6),
+                        "threshold": round(float(bars[j]), 6)} for j in order if present[j]],
+            "top_k": [{"label": labels[j], "confidence": round(float(probs[j]), 6)} for j in order[:top_k]],
+            "error": None}
+
+
 def is_unknown(row: dict) -> bool:
-    """Whether a result row was labelled UNKNOWN by --min-confidence (its label is not its best class)."""
+    """Whether a result row was labelled UNKNOWN by --min-confidence (its label is not its best
+    class), or, for a multi-label model, has no label above its threshold."""
+    if "labels" in row:
+        return not row["error"] and not row["labels"]
     return not row["error"] and row["label"] != row["top_k"][0]["label"]
 
 
@@ -210,6 +243,8 @@ def render(results: list[dict], fmt: str) -> str:
     """`results` as JSON (a list of objects), CSV (one column pair per top-k rank) or a plain-text table."""
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
+    if fmt == "csv" and any("labels" in r for r in results):
+        return _multilabel_csv(results)
     if fmt == "csv":
         k = max((len(r["top_k"]) for r in results), default=0)
         header = ["path", "label", "confidence"]
@@ -233,10 +268,30 @@ def render(results: list[dict], fmt: str) -> str:
     raise TlcliError(f"--format must be one of {', '.join(FORMATS)}; not '{fmt}'.")
 
 
+def _multilabel_csv(results: list[dict]) -> str:
+    """Multi-label rows as CSV: the labels above their thresholds and their probabilities, each a
+    `;`-joined cell in the same order (empty: none above threshold), then the top-k."""
+    k = max((len(r["top_k"]) for r in results), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "labels", "confidences", *[f"top{rank}_{what}" for rank in range(1, k + 1)
+                                                       for what in ("label", "confidence")], "error"])
+    for r in results:
+        ranks = [v for t in r["top_k"] for v in (t["label"], t["confidence"])]
+        writer.writerow([r["path"], MULTI_LABEL_SEPARATOR.join(t["label"] for t in r["labels"]),
+                         MULTI_LABEL_SEPARATOR.join(str(t["confidence"]) for t in r["labels"]),
+                         *ranks, *[""] * (2 * k - len(ranks)), r["error"] or ""])
+    return buffer.getvalue()
+
+
 def results_table(results: list[dict]):
-    """A rich table: path, label, confidence, top-k (and the reason, for inputs that failed)."""
+    """A rich table: path, label, confidence, top-k (and the reason, for inputs that failed);
+    for a multi-label model, path, the labels above their thresholds, top-k."""
     from rich.table import Table
     from rich.text import Text
+
+    if any("labels" in r for r in results):
+        return _multilabel_table(results)
 
     failed = sum(1 for r in results if r["error"])
     unsure = sum(map(is_unknown, results))
@@ -254,6 +309,29 @@ def results_table(results: list[dict]):
             top = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["top_k"])
             table.add_row(Text(r["path"]), Text(r["label"], style="yellow" if is_unknown(r) else "bold"),
                           f"{r['confidence']:.3f}", Text(top))
+    return table
+
+
+def _multilabel_table(results: list[dict]):
+    from rich.table import Table
+    from rich.text import Text
+
+    failed = sum(1 for r in results if r["error"])
+    empty = sum(map(is_unknown, results))
+    title = (f"{len(results)} prediction(s)" + (f", {empty} with {NO_LABEL}" if empty else "")
+             + (f", {failed} failed" if failed else ""))
+    table = Table(title=title, title_justify="left")
+    table.add_column("path", overflow="fold")
+    table.add_column("labels (probability)")
+    table.add_column("top-k")
+    for r in results:
+        if r["error"]:
+            table.add_row(Text(r["path"]), Text("error", style="bold red"), Text(r["error"], style="red"))
+            continue
+        found = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["labels"])
+        top = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["top_k"])
+        table.add_row(Text(r["path"]), Text(found, style="bold") if found else Text(f"({NO_LABEL})", style="yellow"),
+                      Text(top))
     return table
 
 

@@ -45,27 +45,34 @@ def train_summary(run_dir: Path, metrics: dict) -> Table:
 
 def predictions_summary(results: list[dict]) -> list:
     """Images and mean confidence per predicted class, then those labelled unknown (below
-    --min-confidence), the first rows (and any that failed), and a hint."""
+    --min-confidence), the first rows (and any that failed), and a hint. For a multi-label
+    model: images per label (and with none above threshold), and the mean probability of each
+    label where it applies."""
     from rich.text import Text
 
-    from tlcli.predict import is_unknown, results_table
+    from tlcli.predict import NO_LABEL, is_unknown, results_table
 
+    multi = any("labels" in r for r in results)
     confidences: dict[str, list[float]] = {}
     unsure: list[float] = []
     for r in results:
         if r["error"]:
             continue
         if is_unknown(r):
-            unsure.append(r["confidence"])
-        else:
-            confidences.setdefault(r["label"], []).append(r["confidence"])
+            unsure.append(0.0 if multi else r["confidence"])
+        # A multi-label image counts under each of its labels, a single-label one under its class.
+        found = r["labels"] if multi else [] if is_unknown(r) else [r]
+        for entry in found:
+            confidences.setdefault(entry["label"], []).append(entry["confidence"])
     failed = [r for r in results if r["error"]]
     summary = Table(title=f"{len(results)} predictions", title_justify="left")
-    for column in ("predicted class", "images", "mean confidence"):
-        summary.add_column(column, justify="left" if column == "predicted class" else "right")
+    for column in ("predicted label" if multi else "predicted class", "images", "mean confidence"):
+        summary.add_column(column, justify="left" if column.startswith("predicted") else "right")
     for label, values in sorted(confidences.items(), key=lambda item: (-len(item[1]), item[0])):
         summary.add_row(Text(label, style="bold"), str(len(values)), f"{sum(values) / len(values):.3f}")
-    if unsure:
+    if unsure and multi:
+        summary.add_row(Text(f"({NO_LABEL})", style="yellow"), str(len(unsure)), "")
+    elif unsure:
         summary.add_row(Text("(unknown: below --min-confidence)", style="yellow"), str(len(unsure)),
                         f"{sum(unsure) / len(unsure):.3f}")
     if failed:
