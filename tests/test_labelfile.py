@@ -229,3 +229,62 @@ def test_export_finds_the_runs_label_file(listed_run):
     run, metrics = listed_run
     data = load_run_data(resolve_model(str(run)), json.loads((run / "config.json").read_text()), 32)
     assert (len(data.train), len(data.val)) == (metrics["n_train"], metrics["n_val"])
+
+
+# ---------------------------------------------------------------- multi-label files
+
+
+def multilabel_file(tmp_path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """labels.csv of (file, labels cell, split) rows over images written beside it."""
+    import random
+
+    rng = random.Random(0)
+    for file, _, _ in rows:
+        if not (tmp_path / file).exists() and file != "gone.png":
+            make_image("dark", 16, rng).save(tmp_path / file)
+    return write_csv(tmp_path / "labels.csv", ["path", "labels", "split"],
+                     [{"path": f, "labels": cell, "split": split} for f, cell, split in rows])
+
+
+def test_a_delimiter_splits_label_cells_and_turns_multi_label_on(tmp_path):
+    from tlcli.labelfile import read_label_file
+
+    labels = multilabel_file(tmp_path, [("a.png", "beach; sunset", ""), ("b.png", "sunset;;sunset", ""),
+                                        ("c.png", " ; ", ""), ("gone.png", "beach", "")])
+    table = read_label_file(labels, label_delimiter=";")
+    assert table.multi_label
+    assert {Path(r.path).name: r.labels for r in table.rows} == {"a.png": ("beach", "sunset"), "b.png": ("sunset",)}
+    assert sorted((Path(p).name, why.split(" (")[0]) for p, why in table.skipped) == [
+        ("c.png", "empty label"), ("gone.png", "file not found")]
+    # Without the delimiter the cell is one label, as it always was; with it but one label a
+    # cell, the file stays single-label.
+    plain = read_label_file(labels)
+    assert not plain.multi_label and plain.rows[0].labels == ("beach; sunset",)
+    single = multilabel_file(tmp_path, [("a.png", "beach", ""), ("b.png", "sunset", "")])
+    assert not read_label_file(single, label_delimiter=";").multi_label
+
+
+def test_multi_label_merges_the_rows_of_one_image_but_not_across_splits(tmp_path):
+    from tlcli.labelfile import read_label_file
+
+    labels = multilabel_file(tmp_path, [("a.png", "beach", "train"), ("b.png", "sunset", "train"),
+                                        ("a.png", "sunset", "train"), ("a.png", "beach", "train"),
+                                        ("c.png", "beach", "train"), ("c.png", "sunset", "val")])
+    table = read_label_file(labels, multi_label=True)
+    assert table.multi_label
+    assert [(Path(r.path).name, r.labels) for r in table.rows] == [("a.png", ("beach", "sunset")), ("b.png", ("sunset",))]
+    assert [why.split(" (")[0] for p, why in table.skipped] == ["listed 2 times with different splits: train, val"] * 2
+    assert any("several rows" in note for note in table.notes)
+    # Single-label: the same rows of a.png are a conflict, as before.
+    assert "a.png" in {Path(p).name for p, _ in read_label_file(labels).skipped}
+
+
+def test_a_json_list_of_labels_is_a_multi_label_row(tmp_path):
+    from tlcli.labelfile import read_label_file
+
+    multilabel_file(tmp_path, [("a.png", "x", ""), ("b.png", "x", "")])
+    (tmp_path / "labels.json").write_text(json.dumps([{"path": "a.png", "labels": ["beach", "sunset"]},
+                                                      {"path": "b.png", "labels": []}]))
+    table = read_label_file(tmp_path / "labels.json")
+    assert table.multi_label and table.rows[0].labels == ("beach", "sunset")
+    assert [why.split(" (")[0] for _, why in table.skipped] == ["empty label"]

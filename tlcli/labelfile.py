@@ -5,6 +5,10 @@
     label, an unknown split, a path listed twice with different labels) goes to `skipped` with
     its reason, as an unreadable image does -> {split: {class: files}} for tlcli.data
 
+Multi-label files: a label cell may hold several labels split by a delimiter ("beach;sunset"
+with --label-delimiter ';'), a JSON label may be a list, and with --multi-label a "long" file
+(one row per image and label) has the rows of one image merged instead of conflicting.
+
 Also reads the tab-separated lists that `tlcli check --write-clean` wrote before it wrote CSV.
 Paths are relative to the label file's folder; absolute paths and URLs are taken as they are.
 Only reads: nothing here decodes an image or imports TensorFlow.
@@ -50,7 +54,8 @@ class LabelRow:
     """One usable row: an image and what it is."""
 
     path: str  # absolute local path, or a URL
-    # The labels of the cell. Always one today; a delimiter (multi-label) will give several.
+    # The labels of the row: one, or several when a delimiter split the cell, a JSON list held
+    # them, or --multi-label merged the rows of one image; in the order first given.
     labels: tuple[str, ...]
     split: str  # train, val, test, or UNSPLIT
     where: str  # "labels.csv, line 4": for messages
@@ -65,20 +70,34 @@ class LabelTable:
     rows: list[LabelRow]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Multi-label: asked for (--multi-label), or some row has several labels.
+    multi_label: bool = False
 
     def by_split(self) -> dict[str, dict[str, list[str]]]:
-        """{split: {class: image files}}, one class per row (its first label), in file order."""
+        """{split: {class: image files}}, in file order: each row under its label (its first), or
+        in a multi-label table under every one of its labels."""
         found: dict[str, dict[str, list[str]]] = {}
         for row in self.rows:
-            found.setdefault(row.split, {}).setdefault(row.labels[0], []).append(row.path)
+            for label in row.labels if self.multi_label else row.labels[:1]:
+                found.setdefault(row.split, {}).setdefault(label, []).append(row.path)
+        return found
+
+    def label_sets(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """{split: {image file: its labels}}, in file order."""
+        found: dict[str, dict[str, tuple[str, ...]]] = {}
+        for row in self.rows:
+            found.setdefault(row.split, {})[row.path] = row.labels
         return found
 
 
-def read_label_file(path, columns: Columns | None = None) -> LabelTable:
+def read_label_file(path, columns: Columns | None = None, label_delimiter: str | None = None,
+                    multi_label: bool = False) -> LabelTable:
     """Read the label file `path` (.csv, .json, .jsonl, or an older tab-separated file list).
 
     A file that cannot be read as a whole (not CSV or JSON, no path or label column) is a
     one-line TlcliError; a bad row is only left out, with its reason in `skipped`.
+    `label_delimiter` splits each label cell into labels; `multi_label` merges the rows of one
+    image. The table is multi-label when asked, or when some row has several labels.
     """
     columns = columns or Columns()
     try:
@@ -99,14 +118,15 @@ def read_label_file(path, columns: Columns | None = None) -> LabelTable:
     chosen = {kind: _column(kind, getattr(columns, kind, None), header, name) for kind in KNOWN_COLUMNS}
     rows, skipped = [], list(bad)
     for where, record in records:
-        row = _row(record, chosen, where, base)
+        row = _row(record, chosen, where, base, label_delimiter)
         if isinstance(row, LabelRow):
             rows.append(row)
         else:
             skipped.append(row)
-    rows, conflicts, notes = _without_duplicates(rows)
+    rows, conflicts, notes = _without_duplicates(rows, merge=multi_label)
     rows, split_notes = _settle_splits(rows)
-    table = LabelTable(str(path), chosen, rows, skipped + conflicts, notes + split_notes)
+    multi_label = multi_label or any(len(row.labels) > 1 for row in rows)
+    table = LabelTable(str(path), chosen, rows, skipped + conflicts, notes + split_notes, multi_label)
     if not rows:
         raise TlcliError(_nothing_usable(table, base))
     return table
@@ -225,23 +245,36 @@ def _column(kind: str, given: str | None, header: list[str], name: str) -> str |
                      f"--{kind}-column, or make the first row name the columns, e.g. path,label.")
 
 
-def _row(record: dict, columns: dict, where: str, base: str) -> LabelRow | tuple[str, str]:
+def _row(record: dict, columns: dict, where: str, base: str,
+         delimiter: str | None = None) -> LabelRow | tuple[str, str]:
     """The row as a LabelRow, or (path, reason) when it cannot be used."""
     def cell(kind):
         value = record.get(columns[kind]) if columns[kind] else None
         return "" if value is None else str(value).strip()
 
-    file, label, split = cell("path"), cell("label"), cell("split").lower()
+    file, split = cell("path"), cell("split").lower()
     if not file:
         return where, "no path"
     path = _absolute(file, base)
     if split and split not in SPLIT_VALUES:
         return path, f"unknown split '{cell('split')}': train, val or test ({where})"
-    if not label:
+    labels = _labels(record.get(columns["label"]), delimiter)
+    if not labels:
         return path, f"empty label ({where})"
     if not fs.is_url(path) and not os.path.lexists(path):  # URLs: the decoder says, without a call per row
         return path, f"file not found ({where})"
-    return LabelRow(path, (label,), SPLIT_VALUES.get(split, UNSPLIT), where)
+    return LabelRow(path, labels, SPLIT_VALUES.get(split, UNSPLIT), where)
+
+
+def _labels(value, delimiter: str | None) -> tuple[str, ...]:
+    """The labels of a label cell: split at `delimiter`, or the items of a JSON list; blanks and
+    repeats left out, the rest in the order given."""
+    if value is None:
+        return ()
+    parts = [str(item) for item in value] if isinstance(value, list) else [str(value)]
+    if delimiter:
+        parts = [piece for part in parts for piece in part.split(delimiter)]
+    return tuple(dict.fromkeys(part.strip() for part in parts if part.strip()))
 
 
 def _absolute(file: str, base: str) -> str:
@@ -252,23 +285,32 @@ def _absolute(file: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(file)))
 
 
-def _without_duplicates(rows: list[LabelRow]) -> tuple[list[LabelRow], list[tuple[str, str]], list[str]]:
+def _without_duplicates(rows: list[LabelRow], merge: bool = False) -> tuple[list[LabelRow], list[tuple[str, str]],
+                                                                            list[str]]:
     """One row per file. A file listed again with the same label and split is kept once (noted);
-    listed with different labels or splits, it is ambiguous: every row of it is left out."""
+    listed with different labels or splits, it is ambiguous: every row of it is left out. With
+    `merge` (multi-label, a "long" file: one row per label), the rows of a file in one split are
+    one row with all their labels; different splits stay a conflict."""
     by_path: dict[str, list[LabelRow]] = {}
     for row in rows:
         by_path.setdefault(row.path, []).append(row)
-    kept, conflicts, repeats = [], [], 0
+    kept, conflicts, repeats, merged = [], [], 0, 0
     for path, group in by_path.items():
-        labels = sorted({", ".join(r.labels) for r in group})
+        labels = sorted({", ".join(sorted(r.labels)) for r in group})
         splits = sorted({r.split for r in group})
-        if len(labels) > 1 or len(splits) > 1:
-            what = f"labels: {'; '.join(labels)}" if len(labels) > 1 else f"splits: {', '.join(splits)}"
+        if len(splits) > 1 or (len(labels) > 1 and not merge):
+            what = f"labels: {'; '.join(labels)}" if len(labels) > 1 and not merge else f"splits: {', '.join(splits)}"
             conflicts += [(path, f"listed {len(group)} times with different {what} ({r.where})") for r in group]
+        elif len(labels) > 1:
+            every = tuple(dict.fromkeys(label for r in group for label in r.labels))
+            kept.append(LabelRow(path, every, group[0].split, group[0].where))
+            merged += 1
         else:
             kept.append(group[0])
             repeats += len(group) - 1
     notes = [f"{repeats} row(s) repeat an earlier row's file and label; each file is used once."] if repeats else []
+    if merged:
+        notes.append(f"{merged} image(s) are listed on several rows; --multi-label gives each all of its rows' labels.")
     return kept, conflicts, notes
 
 
