@@ -70,3 +70,58 @@ def test_multilabel_metrics_gathers_the_figures_per_label():
                                    "ap": pytest.approx(0.5 + 1 / 3), "support": 2, "tp": 1, "fp": 1, "fn": 1, "tn": 1}
     assert m["per_class"]["c"]["ap"] is None
     assert (m["n_images"], m["exact_match"]) == (4, 0.5)
+
+
+# ---------------------------------------------------------------- training's side: thresholds, truth, weights
+
+from tlcli.multilabel import UNTUNED_THRESHOLD, multi_hot, positive_weights, rarest_labels, tune_thresholds  # noqa: E402
+
+
+def test_tune_thresholds_by_hand():
+    probs = np.array([[0.9, 0.2, 0.3], [0.8, 0.6, 0.3], [0.4, 0.7, 0.3], [0.1, 0.1, 0.3]])
+    truth = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 0]])
+    # a: ranked 0.9+ 0.8+ 0.4- 0.1-: the cut after 0.8 gives F1 1, halfway to 0.4 -> 0.6.
+    # b: ranked 0.7- 0.6+ 0.2- 0.1+: F1 after each = 0, 2/4, 2/5, 4/6: predict all, half of 0.1 -> 0.05.
+    # c: no positive image: nothing to tune, the default.
+    assert tune_thresholds(probs, truth).tolist() == pytest.approx([0.6, 0.05, UNTUNED_THRESHOLD])
+
+
+def test_tune_thresholds_never_cuts_between_equal_scores_and_prefers_the_higher_of_equal_f1s():
+    # Ranked 0.9+ 0.5+ 0.5- 0.1-. A cut between the two 0.5s would claim F1 1, but no threshold
+    # keeps one 0.5 and drops the other. F1 after 0.9: 2/3; after both 0.5s: 4/5; after 0.1:
+    # 4/6. Best: after the 0.5s -> (0.5 + 0.1) / 2.
+    probs = np.array([[0.9], [0.5], [0.5], [0.1]])
+    truth = np.array([[1], [1], [0], [0]])
+    assert tune_thresholds(probs, truth).tolist() == pytest.approx([0.3])
+    # Ranked 0.8+ 0.7- 0.6- 0.3+ 0.2- 0.1-. F1 after 0.8: 2/3; after 0.7: 2/4; after 0.6: 2/5;
+    # after 0.3: 4/6 = 2/3, equal to the first: the higher threshold, (0.8 + 0.7) / 2, wins.
+    probs = np.array([[0.8], [0.7], [0.6], [0.3], [0.2], [0.1]])
+    truth = np.array([[1], [0], [0], [1], [0], [0]])
+    assert tune_thresholds(probs, truth).tolist() == pytest.approx([0.75])
+
+
+def test_tune_thresholds_refuses_mismatched_shapes():
+    with pytest.raises(ValueError):
+        tune_thresholds(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_multi_hot_in_class_order_leaving_out_unknown_labels():
+    hot = multi_hot([("b", "a"), ("c",), ("zzz", "b"), ()], ["a", "b", "c"])
+    assert hot.dtype == np.float32
+    assert hot.tolist() == [[1, 1, 0], [0, 0, 1], [0, 1, 0], [0, 0, 0]]
+
+
+def test_rarest_labels_pick_each_images_least_common_label():
+    # Counts: a 3, b 2, c 1. Image 0 (a, b) -> b; image 1 (a, c) -> c; image 2 (a) -> a;
+    # image 3 (a, b) -> b; image 4 (none) -> -1.
+    truth = np.array([[1, 1, 0], [1, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 0]])
+    truth[3, 0] = 0
+    assert rarest_labels(truth) == [1, 2, 0, 1, -1]
+
+
+def test_positive_weights_are_negatives_over_positives_within_the_limit():
+    # 10 images. a: 2 positives -> 8/2 = 4. b: 5 -> 1. c: 9 -> 1/9, raised to 1/5.
+    # d: 0 positives -> 1. e: 0.5 of 10 -> one positive: 9, lowered to the limit 5.
+    truth = np.zeros((10, 5))
+    truth[:2, 0] = truth[:5, 1] = truth[:9, 2] = truth[:1, 4] = 1
+    assert positive_weights(truth, limit=5).tolist() == pytest.approx([4, 1, 0.2, 1, 5])

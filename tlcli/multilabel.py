@@ -1,8 +1,10 @@
 """Multi-label figures from probabilities and multi-hot truth, in NumPy alone.
 
 `probs` and `truth` are (N, C): one independent probability per image and label, and 1 where
-the image has the label. Training tunes one threshold per label on the validation images
-(`tune_thresholds`); predict, evaluate and export then apply them, and score with the metrics.
+the image has the label. Training builds the truth (`multi_hot`), splits by each image's
+rarest label, weighs each label's positives (`positive_weights`) and tunes one threshold per
+label on the validation images (`tune_thresholds`); predict, evaluate and export then apply
+them, and score with the metrics.
 No TensorFlow here: `tlcli predict` on a .tflite imports this module.
 """
 
@@ -44,6 +46,35 @@ def _best_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
     best = cut[int(np.argmax(f1))]  # the first maximum: the highest threshold
     below = scores[best + 1] if best + 1 < len(scores) else 0.0
     return float((scores[best] + below) / 2)
+
+
+def multi_hot(label_sets, class_names: list[str]) -> np.ndarray:
+    """(N, C) float32, 1 where image i has class c; labels not in `class_names` are left out."""
+    index = {name: c for c, name in enumerate(class_names)}
+    hot = np.zeros((len(label_sets), len(class_names)), np.float32)
+    for i, labels in enumerate(label_sets):
+        hot[i, [index[label] for label in labels if label in index]] = 1
+    return hot
+
+
+def rarest_labels(truth: np.ndarray) -> list[int]:
+    """Each image's rarest label (the one fewest images have; the first of equals), -1 for none:
+    the key a stratified split keeps in proportion, so that a rare label gets validation images
+    even when it always comes with a common one."""
+    truth = np.asarray(truth) > 0.5
+    rarity = np.where(truth, truth.sum(0)[None, :], np.iinfo(np.int64).max)
+    return [int(c) if row.any() else -1 for c, row in zip(rarity.argmin(1), truth)]
+
+
+def positive_weights(truth: np.ndarray, limit: float) -> np.ndarray:
+    """Per label, the weight of a positive in the loss: negatives / positives, so that a label's
+    positives weigh as much as its negatives in all, kept within [1/limit, limit] (a label on one
+    image in a hundred would otherwise weigh its few positives 99 times and swing on each).
+    A label with no positive, or no negative, gets 1: there is nothing to balance."""
+    truth = np.asarray(truth) > 0.5
+    positives, negatives = truth.sum(0), (~truth).sum(0)
+    ratio = np.divide(negatives, positives, out=np.ones(truth.shape[1]), where=(positives > 0) & (negatives > 0))
+    return np.clip(ratio, 1 / limit, limit).astype(np.float32)
 
 
 # ---------------------------------------------------------------- metrics
