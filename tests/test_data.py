@@ -133,3 +133,70 @@ def test_a_data_dir_out_of_reach_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tf.io.gfile, "listdir", unavailable)
     with pytest.raises(TlcliError, match=f"^cannot read {url}: Could not resolve host$"):
         find_folder(url)
+
+
+# ---------------------------------------------------------------- multi-label label files
+
+
+def test_a_multi_label_file_gives_multi_hot_labels_in_sorted_class_order(shapes_csv):
+    import csv
+
+    with open(shapes_csv, newline="") as f:
+        listed = {str((shapes_csv.parent / r["path"]).resolve()): set(r["labels"].split(";")) for r in csv.DictReader(f)}
+    folder = find_folder(shapes_csv, val_split=0.2, seed=0, label_delimiter=";")
+    assert folder.multi_label and folder.class_names == ["circle", "cross", "square", "triangle"]
+    assert folder.train.labels.dtype == np.float32 and folder.train.labels.shape == (len(folder.train), 4)
+    for split in (folder.train, folder.val):
+        for path, row in zip(split.paths, split.labels):
+            assert {folder.class_names[c] for c in np.flatnonzero(row)} == listed[path]
+    assert sorted(folder.train.paths + folder.val.paths) == sorted(listed)
+    again = find_folder(shapes_csv, val_split=0.2, seed=0, label_delimiter=";")
+    assert again.val.paths == folder.val.paths
+    assert find_folder(shapes_csv, val_split=0.2, seed=1, label_delimiter=";").val.paths != folder.val.paths
+
+
+def test_a_multi_label_split_gives_a_rare_label_its_share_of_val(tmp_path):
+    # 20 images, all "common"; 5 of them also "rare". Split on the rarest label, val takes one
+    # of the 5 rare ones and 3 of the other 15 on every seed; drawn at random it would often
+    # take none or two.
+    from conftest import make_image
+    import random
+
+    rng = random.Random(0)
+    (tmp_path / "i").mkdir()
+    rows = []
+    for i in range(20):
+        make_image("dark", 8, rng).save(tmp_path / "i" / f"{i}.png")
+        rows.append(f"i/{i}.png,common{';rare' if i % 4 == 0 else ''}\n")
+    (tmp_path / "labels.csv").write_text("path,labels\n" + "".join(rows))
+    for seed in range(8):
+        folder = find_folder(tmp_path / "labels.csv", val_split=0.2, seed=seed, label_delimiter=";")
+        assert folder.class_names == ["common", "rare"]
+        assert folder.val.labels.sum(0).tolist() == [4, 1], seed
+
+
+def test_multi_label_needs_a_label_file(image_folder):
+    for flags in ({"multi_label": True}, {"label_delimiter": ";"}):
+        with pytest.raises(TlcliError, match="need a label file"):
+            find_folder(image_folder, **flags)
+
+
+def test_a_multi_label_class_left_without_training_images_loses_its_column_not_its_images():
+    from tlcli.data import ImageFolder, Split, drop_unusable
+
+    labels = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 0]], np.float32)
+    folder = ImageFolder(["a", "b", "c"], Split(["x", "y", "z"], labels), Split(["v"], np.array([[0, 1, 1]], np.float32)),
+                         multi_label=True)
+    kept = drop_unusable(folder, {"x": "unreadable"})  # the only training image of c
+    assert kept.class_names == ["a", "b"] and any("'c'" in w for w in kept.warnings)
+    assert kept.train.paths == ["y", "z"] and kept.train.labels.tolist() == [[1, 1], [0, 1]]
+    assert kept.val.labels.tolist() == [[0, 1]]
+
+
+def test_make_dataset_carries_multi_hot_rows(shapes_csv):
+    from tlcli.data import make_dataset
+
+    folder = find_folder(shapes_csv, val_split=0.2, seed=0, label_delimiter=";")
+    batches = list(make_dataset(folder.val, 4, batch_size=16, shuffle=False, size=16).as_numpy_iterator())
+    assert batches[0][0].shape == (16, 16, 16, 3)
+    assert np.concatenate([y for _, y in batches]).tolist() == folder.val.labels.tolist()

@@ -19,6 +19,7 @@ from tlcli import fs
 from tlcli.errors import TlcliError
 from tlcli.images import load_images
 from tlcli.labelfile import Columns, read_label_file
+from tlcli.multilabel import multi_hot, rarest_labels
 # Until every caller imports them from tlcli.images:
 from tlcli.images import ImageError, load_image, printable_path  # noqa: F401
 
@@ -33,7 +34,7 @@ class Split:
     resized, when the split was loaded into memory (load_folder), else None (streamed)."""
 
     paths: list[str]
-    labels: np.ndarray  # int32 class indices
+    labels: np.ndarray  # int32 class indices, (n,); multi-label: float32 multi-hot rows, (n, classes)
     images: np.ndarray | None = None  # uint8, (n, size, size, 3)
 
     def __len__(self) -> int:
@@ -51,6 +52,7 @@ class ImageFolder:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
     drawn_from: str | None = None  # where --val-split drew val from: "all", "train", or None (val given)
+    multi_label: bool = False  # each image has a set of labels (a label file's), not one class
 
 
 # ---------------------------------------------------------------- discovery (no decoding)
@@ -181,14 +183,17 @@ def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[li
 
 
 def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int = 0,
-                classes: list[str] | None = None, columns: Columns | None = None) -> ImageFolder:
+                classes: list[str] | None = None, columns: Columns | None = None,
+                label_delimiter: str | None = None, multi_label: bool = False) -> ImageFolder:
     """Find and split every image file of DATA_DIR (either layout, or a label file) without decoding any.
 
     The result holds paths and labels only (`images` is None): training streams the files
     through the decoder, so memory does not grow with the dataset. `classes` restricts the
     classes to those (a resumed run's); any of them missing is an error. `columns`: those a
     label file's paths and labels are in, when not found by name. A label file's bad rows are
-    in `skipped` from the start.
+    in `skipped` from the start. `label_delimiter` and `multi_label`: a multi-label file (see
+    tlcli.labelfile); its classes are every label of its (train) rows, and its splits keep each
+    image's rarest label in proportion.
     """
     data_dir = fs.as_path(data_dir)
     notes: list[str] = []
@@ -196,8 +201,12 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
     skipped: list[tuple[str, str]] = []
     listed = is_file_list(data_dir)
     if listed:
-        table = read_label_file(data_dir, columns)
-        found, skipped, notes = table.by_split(), table.skipped, list(table.notes)
+        table = read_label_file(data_dir, columns, label_delimiter, multi_label)
+        found, skipped, notes, multi_label = table.by_split(), table.skipped, list(table.notes), table.multi_label
+        label_sets = table.label_sets()
+    elif multi_label or label_delimiter:
+        raise TlcliError(f"{data_dir} is a folder, one label an image (its class folder): --multi-label and "
+                         "--label-delimiter need a label file (CSV, JSON) listing each image's labels.")
     else:
         layout = detect_layout(data_dir)
         with _reading(data_dir):
@@ -222,6 +231,9 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
     _need_two_classes(class_names, where)
 
     def make_split(split: str) -> Split:
+        if multi_label:
+            sets = label_sets.get(split, {})
+            return Split([str(p) for p in sets], multi_hot(list(sets.values()), class_names))
         labels, paths = [], []
         for label, cls in enumerate(class_names):
             files = found.get(split, {}).get(cls, [])
@@ -234,20 +246,23 @@ def find_folder(data_dir: str | os.PathLike, val_split: float = 0.2, seed: int =
         if unknown:
             what = f"{split} rows' classes not in the train rows" if listed else f"{split}/ classes not in train/"
             notes.append(f"{what} are ignored: {', '.join(unknown)}.")
+
+    def split_off(split: Split) -> tuple[Split, Split]:
+        keys = rarest_labels(split.labels) if multi_label else split.labels.tolist()
+        train_idx, val_idx = stratified_split(keys, val_split, seed)
+        return _subset(split, train_idx), _subset(split, val_idx)
+
     if main == "all":
-        everything = make_split("all")
-        train_idx, val_idx = stratified_split(everything.labels.tolist(), val_split, seed)
-        train, val, test = _subset(everything, train_idx), _subset(everything, val_idx), None
+        (train, val), test = split_off(make_split("all")), None
     else:
         train = make_split("train")
         if "val" in found:
             val = make_split("val")
         else:
-            train_idx, val_idx = stratified_split(train.labels.tolist(), val_split, seed)
-            train, val = _subset(train, train_idx), _subset(train, val_idx)
+            train, val = split_off(train)
         test = make_split("test") if "test" in found else None
     drawn_from = "all" if main == "all" else None if "val" in found else "train"
-    return ImageFolder(class_names, train, val, test, list(skipped), notes, drawn_from)
+    return ImageFolder(class_names, train, val, test, list(skipped), notes, drawn_from, multi_label)
 
 
 def drop_unusable(folder: ImageFolder, failed: dict[str, str], drop_classes: bool = True) -> ImageFolder:
@@ -263,7 +278,12 @@ def drop_unusable(folder: ImageFolder, failed: dict[str, str], drop_classes: boo
 
     train, val, test = keep(folder.train), keep(folder.val), keep(folder.test)
     notes = list(folder.warnings)
-    present = set(train.labels.tolist()) if drop_classes else set(range(len(folder.class_names)))
+    if not drop_classes:
+        present = set(range(len(folder.class_names)))
+    elif folder.multi_label:
+        present = set(np.flatnonzero(train.labels.sum(0) > 0).tolist())
+    else:
+        present = set(train.labels.tolist())
     kept = [label for label in range(len(folder.class_names)) if label in present]
     for label in sorted(set(range(len(folder.class_names))) - present):
         notes.append(f"class '{folder.class_names[label]}' has no usable images; left out.")
@@ -275,17 +295,19 @@ def drop_unusable(folder: ImageFolder, failed: dict[str, str], drop_classes: boo
     skipped = folder.skipped + [(printable_path(p), reason) for p, reason in failed.items()]
     if len(val) == 0:
         raise TlcliError("no validation images: add a val/ folder or more images per class.")
-    return ImageFolder(class_names, train, val, test, skipped, notes, folder.drawn_from)
+    return ImageFolder(class_names, train, val, test, skipped, notes, folder.drawn_from, folder.multi_label)
 
 
 def load_folder(data_dir: str | os.PathLike, size: int, val_split: float = 0.2, seed: int = 0,
-                progress=None, columns: Columns | None = None) -> ImageFolder:
+                progress=None, columns: Columns | None = None, label_delimiter: str | None = None,
+                multi_label: bool = False) -> ImageFolder:
     """Find, split and decode every image of DATA_DIR into memory, skipping unusable ones.
 
     For the small sets evaluate and export check on; training streams instead (`find_folder`).
     Both split before decoding and drop failed files after, so they agree on every split.
     """
-    folder = find_folder(data_dir, val_split, seed, columns=columns)
+    folder = find_folder(data_dir, val_split, seed, columns=columns, label_delimiter=label_delimiter,
+                         multi_label=multi_label)
     splits = [s for s in (folder.train, folder.val, folder.test) if s is not None]
     paths = [p for s in splits for p in s.paths]
     if progress:
@@ -313,6 +335,8 @@ def _need_two_classes(class_names: list[str], where: str) -> None:
 
 
 def _relabel(split: Split, renumber: dict[int, int]) -> Split:
+    if split.labels.ndim == 2:  # multi-label: the lost classes' columns go; every image stays
+        return Split(split.paths, split.labels[:, sorted(renumber)], split.images)
     rows = [i for i, label in enumerate(split.labels) if int(label) in renumber]
     kept = _subset(split, rows)
     kept.labels = np.asarray([renumber[int(label)] for label in kept.labels], np.int32)
@@ -322,6 +346,14 @@ def _relabel(split: Split, renumber: dict[int, int]) -> Split:
 def _subset(split: Split, indices: list[int]) -> Split:
     images = None if split.images is None else split.images[indices]
     return Split([split.paths[i] for i in indices], split.labels[np.asarray(indices, np.int64)], images)
+
+
+def targets(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """What the model learns to output for `labels`: one-hot rows for class indices, the
+    multi-hot rows of a multi-label split as they are (float32 either way)."""
+    if labels.ndim == 2:
+        return labels.astype(np.float32)
+    return np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -336,7 +368,8 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 def make_dataset(split: Split, n_classes: int, batch_size: int, shuffle: bool, seed: int = 0,
                  size: int | None = None):
-    """Batches of (uint8 images, one-hot labels), shuffled each epoch when `shuffle`.
+    """Batches of (uint8 images, one-hot labels), shuffled each epoch when `shuffle`; a
+    multi-label split's batches carry its multi-hot rows.
 
     A split held in memory is indexed; a streamed one (images None) is decoded batch by batch at
     `size`, in parallel, a few batches ahead: memory holds batches, not the dataset.
@@ -358,10 +391,12 @@ def make_dataset(split: Split, n_classes: int, batch_size: int, shuffle: bool, s
     ds = ds.batch(batch_size)
     size = images.shape[1] if images is not None else size
 
+    multi = labels.ndim == 2
+
     def lookup(indices):
-        x, y = tf.numpy_function(gather, [indices], (tf.uint8, tf.int32), stateful=False)
+        x, y = tf.numpy_function(gather, [indices], (tf.uint8, tf.float32 if multi else tf.int32), stateful=False)
         x.set_shape((None, size, size, 3))
-        y.set_shape((None,))
-        return x, tf.one_hot(y, n_classes)
+        y.set_shape((None, n_classes) if multi else (None,))
+        return x, y if multi else tf.one_hot(y, n_classes)
 
     return ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
