@@ -160,6 +160,7 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option(help="train, val, test or all (default: test/ or a label file's test rows if present, else val/; all for a folder of classes or a label file without splits).", show_default=False)] = None,
     path_column: PathColumn = None,
     label_column: LabelColumn = None,
+    label_delimiter: Annotated[Optional[str], typer.Option(help="Multi-label model: split a label file's label cells at this text (default: as its run did).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the results (default: <run>/eval/, or <run>/eval/<model file name>/ for other models of the run).", show_default=False)] = None,
     top_k: TopK = 3,
     batch_size: BatchSize = 32,
@@ -180,6 +181,10 @@ def evaluate(
     model is over- or under-confident, and reliability.png (accuracy per confidence bin). With
     --tta, the accuracy with and without test-time augmentation.
 
+    A multi-label model: mAP, micro and macro F1, exact-match accuracy, per-label precision,
+    recall, F1, AP and TP/FP/FN/TN at its thresholds; label_confusion.png, and errors.png: the
+    most confident false positives and false negatives.
+
     Example: [bold]tlcli evaluate ./flowers --model runs/train/export/model_int8.tflite --tta flip[/]
     """
     check_options(top_k=top_k, batch_size=batch_size, max_errors=max_errors)
@@ -196,15 +201,16 @@ def evaluate(
 
     result = run_evaluation(data_dir, ref, split=split, output=output, top_k=top_k, batch_size=batch_size,
                             max_errors=max_errors, console=err, quiet=quiet or as_json, explain=explain, tta=tta,
-                            columns=Columns(path_column, label_column))
+                            columns=Columns(path_column, label_column), label_delimiter=label_delimiter)
     if as_json:
         print(json.dumps({"out_dir": str(result.out_dir), **result.metrics}))
         return
     if not quiet:
         for table in tables.evaluation_tables(result.metrics):
             out.print(table)
-        out.print("Wrote metrics.json, predictions.csv, confusion_matrix.png, reliability.png, errors.png to "
-                  f"{result.out_dir}", highlight=False)
+        files = ("metrics.json, predictions.csv, label_confusion.png, errors.png" if result.metrics.get("multi_label")
+                 else "metrics.json, predictions.csv, confusion_matrix.png, reliability.png, errors.png")
+        out.print(f"Wrote {files} to {result.out_dir}", highlight=False)
 
 
 @command()

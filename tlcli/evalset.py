@@ -19,6 +19,7 @@ from tlcli.data import SPLIT_NAMES, detect_layout, discover, find_folder, is_fil
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
 from tlcli.labelfile import Columns, read_label_file
+from tlcli.multilabel import multi_hot
 from tlcli.progress import Step, make_progress
 from tlcli.rundir import ModelRef, owning_run
 
@@ -27,7 +28,8 @@ SPLITS = (*SPLIT_NAMES, "all")
 
 @dataclass
 class EvalSet:
-    """The images of one split with labels as indices into the *model's* labels."""
+    """The images of one split with labels as indices into the *model's* labels (a multi-label
+    model's: (n, labels) 0/1, in the model's label order)."""
 
     split: str
     paths: list[str]
@@ -89,49 +91,115 @@ def _listed_split(data_file, ref: ModelRef, labels: list[str], size: int, split:
     """One split of a label file. Default: its test rows; every row when it has no split column
     (as a folder of classes), else its val rows. A val split that --val-split drew (no row says
     val) is re-made as the model's run drew it, from its config.json."""
-    run = owning_run(ref)
-    config = json.loads((run / "config.json").read_text(encoding="utf-8")) if run is not None else {}
-    if columns in (None, Columns()) and config.get("data_dir") and _same_folder(config["data_dir"], data_file):
-        columns = Columns(config.get("path_column"), config.get("label_column"))  # the run read it so
+    config, columns = _as_the_run_read_it(ref, data_file, columns)
     table = read_label_file(data_file, columns)
     found, notes = table.by_split(), list(table.notes)
+    split, parts = _pick_split(found, split, data_file, notes)
+    if parts is None:
+        classes = _drawn_split(data_file, ref, config, split, columns, notes)
+    else:
+        classes: dict[str, list] = {}
+        for part in parts:
+            for name, files in part.items():
+                classes.setdefault(name, []).extend(files)
+    result = _labelled(classes, labels, size, f"the {split} rows of {fs.name(str(data_file))}")
+    return EvalSet(split, result.paths, result.labels, skipped=table.skipped + result.skipped,
+                   notes=notes + result.notes, bad_rows=len(table.skipped))
+
+
+def _pick_split(found: dict, split: str | None, data_file, notes: list[str]) -> tuple[str, list | None]:
+    """(the split, the parts of `found` ({split: rows}) that make it up), None for the parts of a
+    split the run drew itself (--val-split). Default: test rows; every row when none has a split
+    value, else val rows."""
     if split is None:
         split = "test" if "test" in found else "all" if "all" in found else "val"
         notes.append(f"evaluating the {split} rows of {data_file}" if split != "all" else
                      f"evaluating every row of {data_file} (none has a split value); --split val re-makes the "
                      "run's validation split.")
     if split == "all":
-        classes: dict[str, list] = {}
-        for part in found.values():
-            for name, files in part.items():
-                classes.setdefault(name, []).extend(files)
-    elif split == "test" or "val" in found:
+        return split, list(found.values())
+    if split == "test" or "val" in found:
         if split not in found:
             raise TlcliError(f"{data_file} has no {split} rows; use --split val (the run's validation rows) or all.")
-        classes = {name: list(files) for name, files in found[split].items()}
-    else:
-        classes = _drawn_split(data_file, ref, config, split, columns, notes)
-    result = _labelled(classes, labels, size, f"the {split} rows of {fs.name(str(data_file))}")
-    return EvalSet(split, result.paths, result.labels, skipped=table.skipped + result.skipped,
-                   notes=notes + result.notes, bad_rows=len(table.skipped))
+        return split, [found[split]]
+    return split, None
+
+
+def _as_the_run_read_it(ref: ModelRef, data_file, columns: Columns | None) -> tuple[dict, Columns | None]:
+    """(the model's run's config.json or {}, the label file's columns): the ones given, else the
+    run's own when it trained on this very file."""
+    run = owning_run(ref)
+    config = json.loads((run / "config.json").read_text(encoding="utf-8")) if run is not None else {}
+    if columns in (None, Columns()) and config.get("data_dir") and _same_folder(config["data_dir"], data_file):
+        columns = Columns(config.get("path_column"), config.get("label_column"))  # the run read it so
+    return config, columns
 
 
 def _drawn_split(data_file, ref: ModelRef, config: dict, split: str, columns: Columns | None,
-                 notes: list[str]) -> dict:
-    """{class: files} of the train or val split the model's run (`config`) drew from a label file's rows."""
+                 notes: list[str], label_delimiter: str | None = None, multi_label: bool = False) -> dict:
+    """{class: files} of the train or val split the model's run (`config`) drew from a label file's
+    rows; with `multi_label`, {file: its labels}."""
     if not config:
         raise TlcliError(f"{data_file} has no val rows and '{ref.path}' belongs to no run folder whose "
                          "config.json could re-make the split; use --split all or test.")
-    folder = find_folder(data_file, float(config.get("val_split", 0.2)), int(config.get("seed", 0)), columns=columns)
+    folder = find_folder(data_file, float(config.get("val_split", 0.2)), int(config.get("seed", 0)), columns=columns,
+                         label_delimiter=label_delimiter, multi_label=multi_label)
     part = folder.train if split == "train" else folder.val
-    classes: dict[str, list] = {}
+    classes: dict = {}
     for path, label in zip(part.paths, part.labels):
-        classes.setdefault(folder.class_names[int(label)], []).append(path)
+        if multi_label:  # label: the image's multi-hot row
+            classes[path] = tuple(folder.class_names[c] for c in np.flatnonzero(label))
+        else:
+            classes.setdefault(folder.class_names[int(label)], []).append(path)
     trained_on = config.get("data_dir")
     if trained_on and not _same_folder(trained_on, data_file):
         notes.append(f"the run was trained on {trained_on}; its {split} split is re-made on {data_file} instead.")
     notes.append(f"{split} split re-made from {data_file} with the run's val_split and seed.")
     return classes
+
+
+# ---------------------------------------------------------------- multi-label
+
+
+def load_multilabel_set(data_dir: str | Path, ref: ModelRef, labels: list[str], size: int, split: str | None = None,
+                        console: Console | None = None, quiet: bool = True, columns: Columns | None = None,
+                        label_delimiter: str | None = None) -> EvalSet:
+    """The images of `split` with every label each has, for a multi-label model: an EvalSet whose
+    `labels` are (n, labels) 0/1 in the model's label order.
+
+    A label file is read as its run read it (its label delimiter, unless `label_delimiter` is
+    given, and columns), each image with all its labels; its splits as for a single-label model.
+    A folder of classes gives each image its folder's label alone.
+    """
+    data_dir = fs.as_path(data_dir)
+    if split is not None and split not in SPLITS:
+        raise TlcliError(f"--split must be one of {', '.join(SPLITS)}; not '{split}'.")
+    if not is_file_list(data_dir):
+        found = load_eval_set(data_dir, ref, labels, size, split, console, quiet, columns)
+        truth = np.zeros((len(found.labels), len(labels)), np.float32)
+        truth[np.arange(len(found.labels)), found.labels] = 1
+        return EvalSet(found.split, found.paths, truth, found.images, found.skipped,
+                       found.notes + ["each image has one label here: its folder's."], found.bad_rows)
+    config, columns = _as_the_run_read_it(ref, data_dir, columns)
+    delimiter = label_delimiter or config.get("label_delimiter")
+    table = read_label_file(data_dir, columns, label_delimiter=delimiter, multi_label=True)
+    notes = list(table.notes)
+    split, parts = _pick_split(table.label_sets(), split, data_dir, notes)
+    if parts is None:
+        rows = _drawn_split(data_dir, ref, config, split, columns, notes, delimiter, multi_label=True)
+    else:
+        rows = {path: found for part in parts for path, found in part.items()}
+    where = f"the {split} rows of {fs.name(str(data_dir))}"
+    unknown = sorted({label for found in rows.values() for label in found} - set(labels))
+    if unknown:
+        hint = "" if delimiter else " Several labels in one cell? Give --label-delimiter."
+        raise TlcliError(f"{where} have labels the model does not know: {', '.join(unknown)}. "
+                         f"The model knows: {', '.join(labels)}.{hint}")
+    absent = [label for label in labels if not any(label in found for found in rows.values())]
+    if absent:
+        notes.append(f"no image of {where} has {', '.join(absent)}: no AP for {'it' if len(absent) == 1 else 'them'}.")
+    return EvalSet(split, list(rows), multi_hot(list(rows.values()), labels), skipped=list(table.skipped),
+                   notes=notes, bad_rows=len(table.skipped))
 
 
 def _remade_split(data_dir: Path | str, layout: dict, ref: ModelRef, labels: list[str], size: int, split: str,

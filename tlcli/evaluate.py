@@ -18,7 +18,7 @@ from rich.console import Console
 from tlcli import fs
 from tlcli.calibration import ECE_BINS, calibration_report, reliability_bins
 from tlcli.data import is_file_list
-from tlcli.evalset import load_eval_set
+from tlcli.evalset import load_eval_set, load_multilabel_set
 from tlcli.labelfile import Columns, skipped_count
 from tlcli.errors import TlcliError
 from tlcli.images import ImageError, load_image
@@ -111,14 +111,16 @@ class EvalResult:
 def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, output: str | Path | None = None,
              top_k: int = 3, batch_size: int = 32, max_errors: int = 16, console: Console | None = None,
              quiet: bool = False, explain: bool = False, tta: str | None = None,
-             columns: Columns | None = None) -> EvalResult:
+             columns: Columns | None = None, label_delimiter: str | None = None) -> EvalResult:
     """Evaluate the model `ref` on a split of DATA_DIR (or of a label file: `columns` names its
     path and label columns when they are not found by name); write metrics.json, predictions.csv,
     confusion_matrix.png, reliability.png and errors.png into `output` (default: see
     `default_output`). `explain`: errors.png shows each mistake's Grad-CAM heatmap beside it
     (Keras models only). `tta` (flip, flip+crops): the figures are those of the probabilities
     averaged over the views, and metrics.json's `tta` holds them without (the plain image is one
-    of the views, so one pass gives both)."""
+    of the views, so one pass gives both). A multi-label model gets its own figures and pictures
+    (`tlcli.evaluate_multilabel`); a label file's cells are split at `label_delimiter` (default:
+    its run's)."""
     console = console or Console(stderr=True)
     if explain:  # fail before any work: Grad-CAM needs the Keras model
         from tlcli.explain import require_keras
@@ -133,7 +135,12 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     start = time.perf_counter()
     runner = open_model(ref)
     views = TTARunner(runner, tta, average=False) if tta else runner  # (n, views, classes): plain first
-    data = load_eval_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet, columns)
+    multi_label = getattr(runner, "multi_label", False)  # runners made by hand (tests) may not say
+    if multi_label:
+        data = load_multilabel_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet, columns,
+                                   label_delimiter)
+    else:
+        data = load_eval_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet, columns)
     with make_progress(console, quiet) as progress:
         step = Step(progress, "Predicting" + (f" (TTA: {tta})" if tta else ""))
         step.start(len(data.paths))
@@ -156,24 +163,34 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     n_views = probs.shape[1] if tta else 1
     plain = probs[:, 0] if tta else None
     probs = probs.mean(axis=1) if tta else probs
-    metrics = compute_metrics(y_true, probs, runner.labels, top_k)
-
     out_dir = Path(output) if output else default_output(ref)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise TlcliError(f"cannot create '{out_dir}': {error.strerror or error}.") from None
+
+    def pixels(i: int) -> np.ndarray:  # exactly what the model saw
+        return data.images[keep[i]] if data.images is not None else load_image(paths[i], runner.image_size)
+
+    head = {"model": str(ref.path), "kind": ref.kind, "data_dir": str(data_dir), "split": data.split}
+    tail = {"n_skipped": len(skipped), "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+    if multi_label:
+        from tlcli.evaluate_multilabel import write_report
+
+        return EvalResult(write_report(out_dir, head, tail, paths, y_true, probs, runner.labels, runner.thresholds,
+                                       pixels, max_errors=max_errors, start=start, plain=plain, tta=tta,
+                                       views=n_views, classifier=runner.model if explain else None), out_dir)
+    metrics = compute_metrics(y_true, probs, runner.labels, top_k)
     y_pred = probs.argmax(axis=1)
     confidence = probs[np.arange(len(paths)), y_pred]
     wrong = [int(i) for i in np.argsort(-confidence, kind="stable") if y_pred[i] != y_true[i]][:max_errors]
     labels = runner.labels
     report = {
-        "model": str(ref.path), "kind": ref.kind, "data_dir": str(data_dir), "split": data.split,
+        **head,
         **metrics,
         "calibration": calibration_figures(probs, y_true),
         **({"tta": tta_figures(tta, n_views, plain, y_true, runner.labels, top_k)} if tta else {}),
-        "n_skipped": len(skipped),
-        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        **tail,
         "worst_errors": [{"path": paths[i], "true": labels[y_true[i]], "predicted": labels[y_pred[i]],
                           "confidence": float(confidence[i])} for i in wrong],
         "seconds": round(time.perf_counter() - start, 2),
@@ -189,9 +206,6 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     plot_reliability(reliability_bins(probs, y_true), out_dir / "reliability.png",
                      f"ECE {calibration['ece']:.3f}, Brier {calibration['brier']:.3f}: {calibration['verdict']}"
                      + (f" (TTA: {tta})" if tta else ""))
-
-    def pixels(i: int) -> np.ndarray:  # exactly what the model saw
-        return data.images[keep[i]] if data.images is not None else load_image(paths[i], runner.image_size)
 
     captions = {i: f"{fs.name(paths[i])[:28]}\ntrue: {labels[y_true[i]]}\npred: {labels[y_pred[i]]} ({confidence[i]:.0%})"
                 for i in wrong}

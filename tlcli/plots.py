@@ -176,3 +176,32 @@ def plot_reliability(bins: list[tuple], path: str | Path, title: str = "") -> No
     bottom.set_ylabel("images")
     bottom.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_label_confusion(per_class: dict, path: str | Path) -> None:
+    """A multi-label model's confusion counts: per label, a 2x2 grid of true (rows: has it, has it
+    not) against predicted (columns), so TP and TN lie on the diagonal, FN and FP off it.
+    `per_class`: {label: {"tp", "fp", "fn", "tn", "f1", ...}} as metrics.json holds it."""
+    import numpy as np
+
+    plt = _pyplot()
+    n = len(per_class)
+    cols = min(n, 5)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.6 * rows), squeeze=False, layout="constrained")
+    for ax, (label, s) in zip(axes.flat, per_class.items()):
+        counts = np.array([[s["tp"], s["fn"]], [s["fp"], s["tn"]]])
+        ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(counts.max(), 1))
+        for (i, j), value in np.ndenumerate(counts):
+            name = (("TP", "FN"), ("FP", "TN"))[i][j]
+            ax.text(j, i, f"{name}\n{value}", ha="center", va="center", fontsize=9,
+                    color="white" if value > counts.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["yes", "no"])
+        ax.set_yticks([0, 1], ["yes", "no"])
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(f"{label}\nF1 {s['f1']:.2f}", fontsize=9)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Per label: true (rows) against predicted (columns)")
+    _save(fig, path)

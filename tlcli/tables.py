@@ -88,6 +88,9 @@ def evaluation_tables(m: dict) -> list[Table]:
     """`tlcli evaluate`'s summary and per-class scores, from its metrics.json."""
     from rich.markup import escape
 
+    if m.get("multi_label"):
+        return multilabel_evaluation_tables(m)
+
     summary = Table(title=f"Evaluation ({m['split']} split)", show_header=False, title_justify="left")
     summary.add_column(style="bold")
     summary.add_column(justify="right")
@@ -119,6 +122,35 @@ def evaluation_tables(m: dict) -> list[Table]:
         classes.add_row(f"[italic]{name}[/]", f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
                         str(m["n_images"]))
     return [summary, classes]
+
+
+def multilabel_evaluation_tables(m: dict) -> list[Table]:
+    """`tlcli evaluate` on a multi-label model: the summary, each label's scores at its threshold,
+    and each label's confusion counts."""
+    from rich.markup import escape
+
+    summary = Table(title=f"Evaluation ({m['split']} split, multi-label)", show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
+    summary.add_row("data", escape(m["data_dir"]))
+    tta = m.get("tta")
+    for key, name in (("map", "mAP"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"),
+                      ("exact_match", "exact match"), ("loss", "loss (binary cross-entropy)")):
+        without = f" (without TTA {tta['without'][key]:.3f})" if tta else ""
+        summary.add_row(name + (f" (TTA: {tta['mode']})" if tta else ""), f"{m[key]:.3f}{without}")
+    summary.add_row("images (skipped)", f"{m['n_images']} ({m['n_skipped']})")
+    scores = Table(title="Per label, at its threshold", title_justify="left")
+    for column in ("label", "threshold", "precision", "recall", "F1", "AP", "support"):
+        scores.add_column(column, justify="left" if column == "label" else "right")
+    counts = Table(title="Confusion per label", title_justify="left")
+    for column in ("label", "TP", "FP", "FN", "TN"):
+        counts.add_column(column, justify="left" if column == "label" else "right")
+    for name, s in m["per_class"].items():
+        scores.add_row(escape(name), f"{s['threshold']:.2f}", f"{s['precision']:.3f}", f"{s['recall']:.3f}",
+                       f"{s['f1']:.3f}", "—" if s["ap"] is None else f"{s['ap']:.3f}", str(s["support"]))
+        counts.add_row(escape(name), *(str(s[key]) for key in ("tp", "fp", "fn", "tn")))
+    return [summary, scores, counts]
 
 
 def explain_table(result) -> Table:
