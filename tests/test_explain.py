@@ -209,3 +209,14 @@ def test_with_heatmaps_sets_each_image_beside_its_heatmap(trained_run, image_fol
     assert side_by_side.shape == (32, 32 + 2 + 32, 3) and side_by_side.dtype == np.uint8
     assert (side_by_side[:, :32] == image).all()
     assert not (side_by_side[:, 34:] == image).all()
+
+
+def test_label_option_explains_any_label_of_a_multi_label_model(cli, fixed_multilabel_run, image_folder, tmp_path):
+    # Every image: circle 0.8 (threshold 0.5), square 0.3 (0.25), triangle 0.55 (0.6).
+    result = cli(["explain", image_folder / "dark" / "dark_0.jpg", "--model", fixed_multilabel_run,
+                  "--label", "triangle", "-o", tmp_path, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["label"], row["confidence"], row["threshold"], row["present"]) == ("triangle", pytest.approx(0.55),
+                                                                                  0.6, False)
+    assert (row["predicted"], row["predicted_confidence"]) == ("circle", pytest.approx(0.8))  # the most probable

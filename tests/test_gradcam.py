@@ -75,3 +75,27 @@ def test_cell_geometry_of_known_backbones(name, size, expected):
     n, stride, offset = rows
     assert rows == cols and n == tensor.shape[1] and stride * n == size
     assert offset - stride / 2 == pytest.approx(expected)  # cell 0's centre against a plain stretch's
+
+
+def test_a_sigmoid_head_is_explained_from_the_same_logits(trained_run):
+    """A multi-label model's label: Grad-CAM of its logit before the sigmoid, the same logit a
+    softmax head with the same weights has; its probabilities are the sigmoids."""
+    import keras
+
+    from tlcli.gradcam import Explainer
+    from tlcli.model import load_classifier
+
+    softmax = load_classifier(trained_run / "model.keras")
+    config = softmax.get_config()
+    for layer in config["layers"]:
+        if layer["name"] == "predictions":
+            layer["config"]["activation"] = "sigmoid"
+    sigmoid = keras.Model.from_config(config)
+    sigmoid.set_weights(softmax.get_weights())
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    labels = ["a", "b", "c"]
+    cams, probs = Explainer(sigmoid, labels).explain(images, 2)
+    expected_cams, _ = Explainer(softmax, labels).explain(images, 2)
+    np.testing.assert_allclose(cams, expected_cams, atol=1e-5)
+    assert cams.max() > 0  # some evidence to compare
+    np.testing.assert_allclose(probs, np.asarray(sigmoid(images.astype("float32"), training=False)), atol=1e-5)

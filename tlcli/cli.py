@@ -217,7 +217,7 @@ def evaluate(
 def explain(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) and globs, mixed.", show_default=False)],
     model: KerasModelOption = None,
-    class_name: Annotated[Optional[str], typer.Option("--class", "-c", help="Explain this class instead of each image's predicted one.", show_default=False)] = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", "--label", "-c", help="Explain this class (of a multi-label model: this label) instead of each image's predicted one.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the PNGs (default: <run>/explain/, or ./explain for a model outside a run).", show_default=False)] = None,
     project: ProjectOption = _default(TrainConfig, "project"),
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
@@ -230,7 +230,11 @@ def explain(
 
     Writes one PNG per image (the original image, the heatmap, the label and its confidence) and contact_sheet.png when there are several. Needs the Keras model (a run or .keras file), not a .tflite export. A file that cannot be read is reported and makes the exit code 1.
 
+    A multi-label model: the most probable label by default, or any one label with --label NAME; each picture says whether the label is above its threshold.
+
     Example: [bold]tlcli explain photos/ 'more/*.jpg' --model runs/train --class roses[/]
+
+    Example: [bold]tlcli explain beach.jpg --label sunset[/]
     """
     from tlcli.explain import class_index, require_keras
     from tlcli.rundir import resolve_model

@@ -45,7 +45,7 @@ def open_explainer(ref: ModelRef) -> Explainer:
 
 
 def class_index(name: str | None, labels: list[str]) -> int | None:
-    """--class LABEL as an index into the model's labels (exact, then case-insensitive)."""
+    """--class (--label) NAME as an index into the model's labels (exact, then case-insensitive)."""
     if name is None:
         return None
     if name in labels:
@@ -108,7 +108,9 @@ def explain_files(ref: ModelRef, args: list[str], class_name: str | None = None,
     contact_sheet.png when there are several, in `output` (default: see `default_output`).
 
     Each heatmap is for the predicted class, or for `class_name` when given. An unreadable
-    file gets a row with its error; the others are still explained.
+    file gets a row with its error; the others are still explained. For a multi-label model the
+    predicted class is the most probable label, and each row also gives the label's threshold
+    and whether the image has the label (`present`).
     """
     from rich.console import Console
 
@@ -148,7 +150,7 @@ def explain_files(ref: ModelRef, args: list[str], class_name: str | None = None,
             for j, k in enumerate(ok):
                 i = batch[k]
                 tile = _write_one(rows[i], heat[j], probs[j], images[j], target, labels, out_dir / names[i],
-                                  explainer.span)
+                                  explainer.span, ref.thresholds if ref.multi_label else None)
                 if tile is not None:
                     cams[i] = heat[j]
                     if len(tiles) < SHEET_MAX:
@@ -167,8 +169,9 @@ def explain_files(ref: ModelRef, args: list[str], class_name: str | None = None,
                          explainer.span, cams)
 
 
-def _write_one(row: dict, cam, probs, model_input, target, labels, path: Path, span=None):
-    """Blend, caption and save one heatmap; fill `row`. Returns the contact sheet tile, or None."""
+def _write_one(row: dict, cam, probs, model_input, target, labels, path: Path, span=None, thresholds=None):
+    """Blend, caption and save one heatmap; fill `row`. Returns the contact sheet tile, or None.
+    `thresholds`: a multi-label model's, one per label."""
     from PIL import Image
 
     if not np.isfinite(probs).all():
@@ -184,8 +187,13 @@ def _write_one(row: dict, cam, probs, model_input, target, labels, path: Path, s
         original = np.asarray(model_input, np.uint8)
     blended = overlay(readable(original), cam, span)
     lines = [f"{labels[shown]}  {probs[shown]:.1%}"]
+    if thresholds is not None:
+        present = bool(probs[shown] >= thresholds[shown])
+        row.update(threshold=float(thresholds[shown]), present=present)
+        lines.append(f"{'above' if present else 'below'} its threshold {thresholds[shown]:.2f}")
     if shown != predicted:
-        lines.append(f"predicted: {labels[predicted]}  {probs[predicted]:.1%}")
+        lines.append(f"{'most probable' if thresholds is not None else 'predicted'}: {labels[predicted]}  "
+                     f"{probs[predicted]:.1%}")
     if not np.any(cam):
         lines.append("no region raises this class's score")
     picture = Image.fromarray(blended)

@@ -3,7 +3,7 @@
 Grad-CAM (Selvaraju et al., 2017) weighs each channel of the backbone's last convolutional
 feature map by the mean gradient of the class's logit (the score before softmax, which does not
 saturate at high confidence), sums them and keeps the positive part: the regions that raise the
-class's score. The feature map is the backbone's output (every registry backbone is built
+class's score. A multi-label model's logits are those before its sigmoids, one per label. The feature map is the backbone's output (every registry backbone is built
 without its top, so its output is its last conv feature map), or the map just before it when
 the backbone ends in a parameter-free pooling layer (VGG's block5_pool), for twice the detail.
 No per-backbone configuration is needed: `feature_layer` finds it in any backbone.
@@ -159,6 +159,8 @@ class Explainer:
         self.layer_name = operation.name
         self._bottom = backbone if tensor is backbone.outputs[0] else keras.Model(backbone.inputs, tensor)
         self.labels = list(labels)
+        # A sigmoid head (multi-label): each label's probability is its own, not a share of one.
+        self.multi_label = getattr(self._dense, "activation", None) is keras.activations.sigmoid
         units = int(self._dense.units) if hasattr(self._dense, "units") else None
         if units is not None and units != len(self.labels):
             raise TlcliError(f"the model outputs {units} classes but its labels.txt lists {len(self.labels)}.")
@@ -203,7 +205,7 @@ class Explainer:
         with tf.GradientTape() as tape:
             tape.watch(fmap)
             logits = self._logits(fmap)
-            probs = tf.nn.softmax(logits, axis=-1)
+            probs = tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits, axis=-1)
             if classes is None:
                 target = tf.argmax(logits, axis=-1, output_type=tf.int32)
             else:
@@ -225,7 +227,7 @@ class Explainer:
             y = layer(y)
         h = self._dropout(self._pool(y), training=False)
         dense = self._dense
-        if getattr(dense, "activation", None) is keras.activations.softmax:
+        if getattr(dense, "activation", None) in (keras.activations.softmax, keras.activations.sigmoid):
             z = tf.matmul(tf.cast(h, dense.kernel.dtype), dense.kernel)
             return tf.cast(z + dense.bias if dense.use_bias else z, tf.float32)
         return tf.math.log(tf.cast(dense(h), tf.float32) + 1e-12)  # a head without softmax: log-probabilities

@@ -160,16 +160,20 @@ def explain_table(result) -> Table:
     title = f"Grad-CAM of {result.layer} ({result.grid[0]}x{result.grid[1]}), {len(result.rows)} image(s)"
     table = Table(title=title, title_justify="left")
     other = any(r["predicted"] != r["label"] for r in result.rows if not r["error"])  # --class was given
-    columns = ("path", "class", "confidence") + (("predicted",) if other else ()) + ("heatmap",)
+    multi = any("threshold" in r for r in result.rows)  # a multi-label model: is the label above its threshold?
+    columns = (("path", "label" if multi else "class", "confidence") + (("threshold",) if multi else ())
+               + (("predicted",) if other else ()) + ("heatmap",))
     for column in columns:
-        table.add_column(column, justify="right" if column == "confidence" else "left", overflow="fold")
+        table.add_column(column, justify="right" if column in ("confidence", "threshold") else "left",
+                         overflow="fold")
     for r in result.rows:
         if r["error"]:
-            table.add_row(Text(r["path"]), Text("error", style="bold red"), "", *([""] if other else []),
-                          Text(r["error"], style="red"))
+            table.add_row(Text(r["path"]), Text("error", style="bold red"), "", *([""] if multi else []),
+                          *([""] if other else []), Text(r["error"], style="red"))
         else:
             predicted = "" if r["predicted"] == r["label"] else f"{r['predicted']} {r['predicted_confidence']:.3f}"
-            table.add_row(Text(r["path"]), Text(r["label"], style="bold"), f"{r['confidence']:.3f}",
+            threshold = [f"{r['threshold']:.2f} ({'above' if r['present'] else 'below'})"] if multi else []
+            table.add_row(Text(r["path"]), Text(r["label"], style="bold"), f"{r['confidence']:.3f}", *threshold,
                           *([Text(predicted)] if other else []), Text(Path(r["heatmap"]).name))
     return table
 
