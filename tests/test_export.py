@@ -495,3 +495,42 @@ def test_labels_that_disagree_with_the_model_are_refused(cli, trained_run, tmp_p
     (run / "labels.txt").write_text("bright\ndark\n")
     result = cli(["export", "--model", run, "--output", tmp_path / "out"])
     assert result.exit_code == 2 and "labels.txt" in result.output
+
+
+# ---------------------------------------------------------------- a multi-label model
+
+
+def test_a_multi_label_run_exports_sigmoid_outputs_and_its_thresholds(multilabel_run, tmp_path, cli):
+    """The shapes run trained by `tlcli train` (conftest): exported, checked on its validation
+    split by label set, and its .tflite alone still knows each label's threshold."""
+    from tlcli.tflite_metadata import read_thresholds
+
+    out = tmp_path / "export"
+    result = _export(["--model", multilabel_run, "--tflite", "--output", out, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (row,) = report["artifacts"]
+    assert report["multi_label"] and row["agreement"] == 1.0 and row["accuracy"] == report["reference"]["accuracy"]
+    # The Keras row's accuracy is training's exact match on the same images, measured apart.
+    assert report["reference"]["accuracy"] == pytest.approx(
+        json.loads((multilabel_run / "metrics.json").read_text())["val_exact_match"])
+    thresholds = json.loads((multilabel_run / "thresholds.json").read_text())["thresholds"]
+    info = json.loads((out / "model.json").read_text())
+    assert (info["multi_label"], info["thresholds"]) == (True, thresholds)
+    assert info["output"].startswith("independent (sigmoid) probabilities")
+    assert read_thresholds(out / "model.tflite") == thresholds
+    # Alone, without model.json or labels.txt, the .tflite gives each image the Keras model's labels.
+    lone = tmp_path / "lone" / "model.tflite"
+    lone.parent.mkdir()
+    shutil.copy(out / "model.tflite", lone)
+    data = Path(json.loads((multilabel_run / "config.json").read_text())["data_dir"])
+    images = str(data.parent / "images" / "shapes_0[0-1]?.png")  # 20 of them
+    rows = [json.loads(cli(["predict", images, "--model", model, "-f", "json"]).stdout) for model in (lone, multilabel_run)]
+    sets = [[[t["label"] for t in r["labels"]] for r in found] for found in rows]
+    assert len(sets[0]) == 20 and sets[0] == sets[1]
+
+
+def test_model_json_of_a_single_label_run_says_nothing_of_thresholds(exported):
+    info = json.loads((exported[0] / "model.json").read_text())
+    assert "multi_label" not in info and "thresholds" not in info
+    assert info["output"] == "softmax probabilities, one per label, in labels order"

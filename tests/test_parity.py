@@ -117,3 +117,33 @@ def test_a_broken_artifact_fails_the_check(trained_run, tmp_path):
     good.write_bytes(convert_tflite(fixed_shape_model(keras_model, 32), "float32")[0])
     assert check_artifact(_runner("tflite", good, 32, labels), "float32", reference, val_split.images,
                           val_split.labels, 0.98).passed
+
+
+class _FixedRunner:
+    """A multi-label 'model' that answers `probs` for the images it is given, in order."""
+
+    kind, multi_label, thresholds, labels = "tflite", True, [0.5, 0.5], ["a", "b"]
+
+    def __init__(self, path: Path, probs):
+        self.path, self.probs = path, np.asarray(probs, np.float32)
+
+    def predict(self, images):
+        return self.probs[np.asarray(images)[:, 0, 0, 0]]  # each image holds its own index
+
+
+def test_a_multi_label_file_agrees_on_an_image_when_its_label_set_is_the_same(tmp_path):
+    from tlcli.parity import check_artifact, check_reference
+
+    images = np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    (tmp_path / "m.tflite").write_bytes(b"12345")
+    truth = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    keras_probs = [[0.9, 0.1], [0.9, 0.9], [0.2, 0.8], [0.4, 0.4]]  # {a}, {a, b}, {b}, {}: all right
+    exported = [[0.9, 0.1], [0.9, 0.45], [0.2, 0.8], [0.6, 0.4]]  # {a}, {a}, {b}, {a}: the same top label throughout
+    reference, row = check_reference(_FixedRunner(tmp_path / "m.tflite", keras_probs), images, truth)
+    assert row.accuracy == 1.0
+    check = check_artifact(_FixedRunner(tmp_path / "m.tflite", exported), "float32", reference, images, truth, 0.75)
+    assert (check.agreement, check.accuracy, check.passed) == (0.5, 0.5, False)
+    assert check.max_prob_diff == pytest.approx(0.45)
+    # Class indices (a --check-data folder of classes) are label sets of one label.
+    assert check_artifact(_FixedRunner(tmp_path / "m.tflite", exported), "float32", reference, images,
+                          np.array([0, 1, 1, 0]), 0.75).accuracy == 0.75  # {b} for image 1: wrong

@@ -77,6 +77,9 @@ class ExportResult:
     check_data: str  # where the check images came from
     n_check: int
     n_calibration: int
+    # A multi-label model's files agree on an image when they give it the same label set, and
+    # its accuracy is the exact-match accuracy.
+    multi_label: bool = False
 
     @property
     def failures(self) -> list[Check]:
@@ -91,6 +94,7 @@ class ExportResult:
             "n_calibration_images": self.n_calibration,
             "reference": asdict(self.reference),
             "artifacts": [asdict(a) for a in self.artifacts],
+            **({"multi_label": True} if self.multi_label else {}),
         }
 
 
@@ -177,14 +181,15 @@ def export(*, model: str | os.PathLike | None = None, project: str | os.PathLike
                 calibration = _load_calibration(calibration_files, calibration_samples, size, seed, progress,
                                                 calibration_data)
 
-        info = ModelInfo(tuple(ref.labels), config.get("backbone", "unknown"), ref.run_dir.name if ref.run_dir else "")
+        info = ModelInfo(tuple(ref.labels), config.get("backbone", "unknown"), ref.run_dir.name if ref.run_dir else "",
+                         tuple(ref.thresholds) if ref.multi_label else None)
         artifacts = _convert_all(keras_runner.model, formats, out, size, calibration, info, progress)
         write_text(out / "labels.txt", "\n".join(ref.labels) + "\n")
         write_model_json(out, ref, config, {name: path for name, (path, _) in artifacts.items()})
         reference, checks = _check_all(keras_runner, artifacts, check_images, check_labels, min_agreement, progress)
 
     return ExportResult(out, reference, checks, check_source, len(check_images),
-                        0 if calibration is None else len(calibration))
+                        0 if calibration is None else len(calibration), ref.multi_label)
 
 
 def _convert_all(classifier, formats: list[str], out: Path, size: int, calibration, info: ModelInfo,
@@ -205,7 +210,8 @@ def _convert_all(classifier, formats: list[str], out: Path, size: int, calibrati
         elif fmt.kind == "onnx":
             from tlcli.onnx_format import convert_onnx
 
-            convert_onnx(classifier, path, size, list(info.labels))
+            convert_onnx(classifier, path, size, list(info.labels),
+                         None if info.thresholds is None else list(info.thresholds))
             notes = []
         else:
             wrapper = wrapper or fixed_shape_model(classifier, size)
@@ -257,7 +263,8 @@ def load_run_data(ref: ModelRef, config: dict, size: int, progress=None):
 
     return load_folder(_run_data_dir(ref, config), size, float(config.get("val_split", 0.2)),
                        int(config.get("seed", 0) or 0), progress,
-                       Columns(config.get("path_column"), config.get("label_column")))
+                       Columns(config.get("path_column"), config.get("label_column")),
+                       label_delimiter=config.get("label_delimiter"), multi_label=bool(config.get("multi_label")))
 
 
 def _run_data_dir(ref: ModelRef, config: dict, calibration: bool = True, check: bool = True) -> Path:

@@ -47,11 +47,19 @@ def write_model_json(out: Path, ref: ModelRef, config: dict, files: dict[str, Pa
         "preprocessing": "inside the model: feed raw RGB pixels resized to input_size, no scaling",
         "output": "softmax probabilities, one per label, in labels order",
         "labels": list(ref.labels),
+        **(_multi_label(ref) if ref.multi_label else {}),
         "source": str(ref.path),
         "files": dict(sorted(entries.items())),
     }
     write_json(previous, info)
     return info
+
+
+def _multi_label(ref: ModelRef) -> dict:
+    """A multi-label model's keys: its outputs are independent, and the threshold of each label."""
+    return {"output": "independent (sigmoid) probabilities, one per label, in labels order; an image has every "
+                      "label whose probability is at or above that label's threshold",
+            "multi_label": True, "thresholds": list(ref.thresholds)}
 
 
 def _file_entry(name: str, path: Path, size: int) -> dict:

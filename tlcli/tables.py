@@ -184,7 +184,9 @@ def export_table(result) -> Table:
     from rich.markup import escape
 
     table = Table(title=escape(f"Exported to {result.output}"),
-                  caption=escape(f"Checked on {result.n_check} images: {result.check_data}"),
+                  caption=escape(f"Checked on {result.n_check} images: {result.check_data}"
+                                 + ("\nMulti-label: agreement is the share of images given the same label set, "
+                                    "accuracy the exact-match accuracy." if result.multi_label else "")),
                   title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True, show_edge=False)
     for column in ("file", "size", "×f32", "agreement", "accuracy", "ms/image", "check"):
