@@ -72,3 +72,18 @@ def test_binary_cross_entropy_by_hand():
     assert binary_cross_entropy([[1, 0]], [[0.8, 0.25]]) == pytest.approx(-(np.log(0.8) + np.log(0.75)) / 2)
     assert binary_cross_entropy([[1]], [[0.0]]) == pytest.approx(-np.log(1e-7))  # clipped, not infinite
 
+
+
+def test_the_runs_own_validation_split_scores_what_training_recorded(cli, multilabel_run, tmp_path):
+    """The shapes run trained by `tlcli train` (conftest): --split val re-makes its validation
+    rows from the label file, as training drew them, and scores them as training did."""
+    data = json.loads((multilabel_run / "config.json").read_text())["data_dir"]
+    result = cli(["evaluate", data, "--model", multilabel_run, "--split", "val", "-o", tmp_path, "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    trained = json.loads((multilabel_run / "metrics.json").read_text())
+    assert (m["split"], m["n_images"]) == ("val", trained["n_val"])
+    assert (m["map"], m["macro_f1"], m["exact_match"]) == pytest.approx(
+        (trained["val_map"], trained["val_macro_f1"], trained["val_exact_match"]))
+    assert m["macro_f1"] >= 0.9  # issue 18's bar for the synthetic set
+    assert {s["reason"].split(" (")[0] for s in m["skipped"]} == {"file not found", "empty label"}  # the planted rows
