@@ -290,48 +290,29 @@ def results_table(results: list[dict]):
     from rich.table import Table
     from rich.text import Text
 
-    if any("labels" in r for r in results):
-        return _multilabel_table(results)
-
+    multi = any("labels" in r for r in results)
     failed = sum(1 for r in results if r["error"])
     unsure = sum(map(is_unknown, results))
-    title = (f"{len(results)} prediction(s)" + (f", {unsure} {UNKNOWN}" if unsure else "")
+    title = (f"{len(results)} prediction(s)" + (f", {unsure} {f'with {NO_LABEL}' if multi else UNKNOWN}" if unsure else "")
              + (f", {failed} failed" if failed else ""))
     table = Table(title=title, title_justify="left")
     table.add_column("path", overflow="fold")
-    table.add_column("label")
-    table.add_column("confidence", justify="right")
+    for column in ("labels (probability)",) if multi else ("label", "confidence"):
+        table.add_column(column, justify="right" if column == "confidence" else "left")
     table.add_column("top-k")
     for r in results:
         if r["error"]:
-            table.add_row(Text(r["path"]), Text("error", style="bold red"), "", Text(r["error"], style="red"))
-        else:
-            top = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["top_k"])
-            table.add_row(Text(r["path"]), Text(r["label"], style="yellow" if is_unknown(r) else "bold"),
-                          f"{r['confidence']:.3f}", Text(top))
-    return table
-
-
-def _multilabel_table(results: list[dict]):
-    from rich.table import Table
-    from rich.text import Text
-
-    failed = sum(1 for r in results if r["error"])
-    empty = sum(map(is_unknown, results))
-    title = (f"{len(results)} prediction(s)" + (f", {empty} with {NO_LABEL}" if empty else "")
-             + (f", {failed} failed" if failed else ""))
-    table = Table(title=title, title_justify="left")
-    table.add_column("path", overflow="fold")
-    table.add_column("labels (probability)")
-    table.add_column("top-k")
-    for r in results:
-        if r["error"]:
-            table.add_row(Text(r["path"]), Text("error", style="bold red"), Text(r["error"], style="red"))
+            table.add_row(Text(r["path"]), Text("error", style="bold red"), *([] if multi else [""]),
+                          Text(r["error"], style="red"))
             continue
-        found = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["labels"])
-        top = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["top_k"])
-        table.add_row(Text(r["path"]), Text(found, style="bold") if found else Text(f"({NO_LABEL})", style="yellow"),
-                      Text(top))
+        top = Text(", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["top_k"]))
+        if multi:
+            found = ", ".join(f"{t['label']} {t['confidence']:.3f}" for t in r["labels"])
+            table.add_row(Text(r["path"]), Text(found, style="bold") if found else Text(f"({NO_LABEL})", style="yellow"),
+                          top)
+        else:
+            table.add_row(Text(r["path"]), Text(r["label"], style="yellow" if is_unknown(r) else "bold"),
+                          f"{r['confidence']:.3f}", top)
     return table
 
 

@@ -91,11 +91,7 @@ def evaluation_tables(m: dict) -> list[Table]:
     if m.get("multi_label"):
         return multilabel_evaluation_tables(m)
 
-    summary = Table(title=f"Evaluation ({m['split']} split)", show_header=False, title_justify="left")
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
-    summary.add_row("data", escape(m["data_dir"]))
+    summary = _evaluation_summary(m, f"Evaluation ({m['split']} split)")
     tta = m.get("tta")
     if tta:
         summary.add_row(f"accuracy (TTA: {tta['mode']})", f"{m['accuracy']:.3f}")
@@ -124,16 +120,24 @@ def evaluation_tables(m: dict) -> list[Table]:
     return [summary, classes]
 
 
+def _evaluation_summary(m: dict, title: str) -> Table:
+    """The summary table of an evaluation, with its first rows: which model, on which data."""
+    from rich.markup import escape
+
+    summary = Table(title=title, show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
+    summary.add_row("data", escape(m["data_dir"]))
+    return summary
+
+
 def multilabel_evaluation_tables(m: dict) -> list[Table]:
     """`tlcli evaluate` on a multi-label model: the summary, each label's scores at its threshold,
     and each label's confusion counts."""
     from rich.markup import escape
 
-    summary = Table(title=f"Evaluation ({m['split']} split, multi-label)", show_header=False, title_justify="left")
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    summary.add_row("model", escape(f"{m['model']} ({m['kind']})"))
-    summary.add_row("data", escape(m["data_dir"]))
+    summary = _evaluation_summary(m, f"Evaluation ({m['split']} split, multi-label)")
     tta = m.get("tta")
     for key, name in (("map", "mAP"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"),
                       ("exact_match", "exact match"), ("loss", "loss (binary cross-entropy)")):
