@@ -87,3 +87,8 @@ def test_the_runs_own_validation_split_scores_what_training_recorded(cli, multil
         (trained["val_map"], trained["val_macro_f1"], trained["val_exact_match"]))
     assert m["macro_f1"] >= 0.9  # issue 18's bar for the synthetic set
     assert {s["reason"].split(" (")[0] for s in m["skipped"]} == {"file not found", "empty label"}  # the planted rows
+
+
+def test_a_label_delimiter_for_a_single_label_model_is_a_one_line_error(cli, trained_run, image_folder, tmp_path):
+    result = cli(["evaluate", image_folder, "--model", trained_run, "-o", tmp_path, "--label-delimiter", ";"])
+    assert result.exit_code == 2 and "--label-delimiter is for a multi-label model" in result.output

@@ -136,6 +136,8 @@ def evaluate(data_dir: str | Path, ref: ModelRef, split: str | None = None, outp
     runner = open_model(ref)
     views = TTARunner(runner, tta, average=False) if tta else runner  # (n, views, classes): plain first
     multi_label = getattr(runner, "multi_label", False)  # runners made by hand (tests) may not say
+    if label_delimiter is not None and not multi_label:
+        raise TlcliError(f"--label-delimiter is for a multi-label model; '{ref.path}' gives one class per image.")
     if multi_label:
         data = load_multilabel_set(data_dir, ref, runner.labels, runner.image_size, split, console, quiet, columns,
                                    label_delimiter)
