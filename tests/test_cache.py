@@ -130,3 +130,19 @@ def test_random_views_sees_each_image_once_per_epoch_with_weights():
     batches.on_epoch_end()
     later_views = [batches[i][0].reshape(-1) // 5 for i in range(len(batches))]
     assert any((a.shape != b.shape) or (a != b).any() for a, b in zip(first_views, later_views))
+
+
+def test_multi_hot_labels_pass_through_the_cache_as_they_are():
+    """A multi-label run's rows reach phase 2 unchanged: kept rows, random views, validation."""
+    labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
+    train = np.arange(2 * 4, dtype=np.float32).reshape(2, 4, 1)  # view v of image i holds v*4+i
+    acts = cache.ActivationCache(train.copy(), np.zeros(4, np.int32), np.arange(2, dtype=np.float32).reshape(2, 1),
+                                 np.zeros(2, np.int32), 0.0, False)
+    kept = cache.keep(acts, [0, 2, 3], labels[[0, 2, 3]], [1], labels[[2]])  # val: a row of two labels
+    assert kept.train_labels.dtype == np.float32 and kept.train_labels.tolist() == labels[[0, 2, 3]].tolist()
+    batches = cache.RandomViews(kept, 3, batch_size=2, seed=0)
+    for i in range(len(batches)):
+        x, y = batches[i]  # x % 4: the image's place before keep
+        assert y.tolist() == labels[x.reshape(-1).astype(int) % 4].tolist()
+    x, y = cache.validation_data(kept, 3, batch_size=8)
+    assert y.tolist() == labels[[2]].tolist()

@@ -80,3 +80,41 @@ def test_best_weights_from_a_checkpoint_reach_model_keras_without_a_better_epoch
     keeper.on_train_end()
     saved = keras.saving.load_model(tmp_path / "model.keras")
     assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), best))
+
+
+# ---------------------------------------------------------------- multi-label: mAP decides
+
+
+def test_multi_label_runs_are_judged_by_val_map_then_loss():
+    # Binary accuracy rises while mAP falls: a multi-label run has waited 2 epochs, a single-label one 0.
+    rows = [_row(1, 1, 0.80, 1.0, val_map=0.9), _row(2, 1, 0.85, 1.0, val_map=0.7), _row(3, 1, 0.90, 1.0, val_map=0.8)]
+    assert epochs_without_improvement(rows, 1, multi_label=True) == 2
+    assert epochs_without_improvement(rows, 1) == 0
+    rows.append(_row(4, 1, 0.5, 0.9, val_map=0.9))  # the same mAP as the best, a lower loss: better
+    assert epochs_without_improvement(rows, 1, multi_label=True) == 0
+    callback = Patience(rows, 1, 1, multi_label=True)
+    callback.set_model(SimpleNamespace(stop_training=False))
+    callback.set_params({"epochs": 9})
+    rows.append(_row(5, 1, 0.99, 0.1, val_map=0.85))
+    callback.on_epoch_end(4)
+    assert callback.model.stop_training
+
+
+def test_best_keeper_of_a_multi_label_run_keeps_the_best_map(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    keeper = BestKeeper(model, tmp_path / "model.keras", multi_label=True, every_seconds=1e9)
+    for logs in ({"val_accuracy": 0.5, "val_loss": 1.0, "val_map": 0.9},
+                 {"val_accuracy": 0.9, "val_loss": 0.5, "val_map": 0.8}):
+        keeper.on_epoch_end(0, logs)
+    assert keeper.best_epoch == 1 and keeper.best == (0.9, -1.0)
+
+
+def test_history_csv_has_map_columns_only_for_multi_label_rows(tmp_path):
+    write_history(tmp_path, [_row(1, 1, 0.5, 1.0)], plot=False)
+    assert (tmp_path / "history.csv").read_text().splitlines()[0] == ",".join(HISTORY_COLUMNS)
+    write_history(tmp_path, [_row(1, 1, 0.5, 1.0, map=0.6, val_map=0.7)], plot=False)
+    with (tmp_path / "history.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert list(row)[:len(HISTORY_COLUMNS)] == HISTORY_COLUMNS and (row["map"], row["val_map"]) == ("0.6", "0.7")

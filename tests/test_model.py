@@ -331,3 +331,12 @@ def test_load_model_in_a_fresh_interpreter(classifier, tmp_path):
     assert "Could not locate class" in result["plain_keras"]
     expected = classifier.predict(np.full((1, 40, 40, 3), 128.0, "float32"), verbose=0)
     assert np.allclose(result["probabilities"], expected, atol=1e-5)
+
+
+def test_a_multi_label_classifier_gives_each_class_its_own_probability():
+    """Sigmoid outputs: each class's probability on its own, where a softmax's would sum to 1."""
+    model = build_classifier("tiny", 3, 32, "none", multi_label=True)
+    dense = model.get_layer("predictions")
+    dense.set_weights([np.zeros_like(dense.get_weights()[0]), np.array([0.0, 2.0, -2.0], np.float32)])
+    probabilities = model.predict(raw_images(2, 40, 40), verbose=0)
+    assert np.allclose(probabilities, 1 / (1 + np.exp(-np.array([0.0, 2.0, -2.0]))), atol=1e-6)

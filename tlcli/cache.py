@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlcli.data import drop_unusable
+from tlcli.data import drop_unusable, targets
 from tlcli.errors import TlcliError
 from tlcli.labelfile import skipped_count
 from tlcli.model import build_classifier, feature_model, freeze_backbone, pretrained, split_backbone
@@ -37,7 +37,7 @@ class ActivationCache:
     """`train[v, i]` is the stem's output for view v of training image i; `val[i]` for val image i."""
 
     train: np.ndarray  # (views, n_train, ...)
-    train_labels: np.ndarray
+    train_labels: np.ndarray  # as tlcli.data.Split's: class indices, or multi-hot rows
     val: np.ndarray  # (n_val, ...)
     val_labels: np.ndarray
     seconds: float
@@ -123,9 +123,12 @@ def keep(cache: ActivationCache, train_rows: list[int], train_labels: np.ndarray
                     array[new] = array[old]
         return array[:, :len(rows)] if axis else array[:len(rows)]
 
-    return ActivationCache(compact(cache.train, train_rows, 1), np.asarray(train_labels, np.int32),
-                           compact(cache.val, val_rows, 0), np.asarray(val_labels, np.int32),
-                           cache.seconds, cache.spilled)
+    def as_labels(labels):
+        labels = np.asarray(labels)
+        return labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int32)
+
+    return ActivationCache(compact(cache.train, train_rows, 1), as_labels(train_labels),
+                           compact(cache.val, val_rows, 0), as_labels(val_labels), cache.seconds, cache.spilled)
 
 
 def pooled_features(top: keras.Model | None, cache: ActivationCache, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +209,8 @@ def _without_lost_classes(s, found_classes: list[str]) -> keras.Model:
     if s.resumed:
         raise TlcliError(f"the classes in {s.config.data_dir} changed since {s.run} started; cannot resume.")
     config, old = s.config, s.classifier
-    new = build_classifier(config.backbone, s.n_classes, config.image_size, config.weights, config.dropout)
+    new = build_classifier(config.backbone, s.n_classes, config.image_size, config.weights, config.dropout,
+                           multi_label=config.multi_label)
     for layer in new.layers:
         if layer.name != "predictions" and layer.weights:
             layer.set_weights(old.get_layer(layer.name).get_weights())
@@ -233,10 +237,9 @@ def _report_skipped(s, found) -> None:
 def validation_data(cache: ActivationCache, n_classes: int, batch_size: int):
     """Phase 2's validation set: the cached val activations as arrays, or, once they spilled to a
     file, as batches read from it (a whole spilled set would not fit the budget)."""
-    onehot = np.eye(n_classes, dtype=np.float32)
     if not isinstance(cache.val, DiskArray):
-        return (cache.val, onehot[cache.val_labels])
-    return CachedRows(cache.val, onehot[cache.val_labels], batch_size)
+        return (cache.val, targets(cache.val_labels, n_classes))
+    return CachedRows(cache.val, targets(cache.val_labels, n_classes), batch_size)
 
 
 class CachedRows(keras.utils.PyDataset):
@@ -274,7 +277,7 @@ class RandomViews(keras.utils.PyDataset):
         rows, views = rows[order], self.view[rows[order]]
         x = np.asarray(self.cache.train[views, rows])
         labels = self.cache.train_labels[rows]
-        y = np.eye(self.n_classes, dtype=np.float32)[labels]
+        y = targets(labels, self.n_classes)
         return (x, y) if self.weights is None else (x, y, self.weights[labels])
 
     def on_epoch_end(self) -> None:

@@ -18,12 +18,15 @@ from tlcli.rundir import save_model, write_csv
 # stopped_early is 1 on the last epoch of a phase that --patience ended early; readers that
 # know only the first columns read the file as before.
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "stopped_early"]
+# A multi-label run's history.csv adds these (tlcli.objective): its accuracy columns are binary
+# accuracy at 0.5, which most labels' absence makes high whatever the model does.
+MULTILABEL_COLUMNS = ["map", "val_map"]
 
 
-def val_score(values) -> tuple[float, float]:
-    """What "better on validation" means, for the best model and for --patience: higher accuracy,
-    then lower loss. `values`: Keras's epoch logs or a history row."""
-    return float(values["val_accuracy"]), -float(values["val_loss"])
+def val_score(values, multi_label: bool = False) -> tuple[float, float]:
+    """What "better on validation" means, for the best model and for --patience: higher accuracy
+    (multi-label: higher mAP), then lower loss. `values`: Keras's epoch logs or a history row."""
+    return float(values["val_map" if multi_label else "val_accuracy"]), -float(values["val_loss"])
 
 
 class StopCheck(keras.callbacks.Callback):
@@ -38,7 +41,7 @@ class StopCheck(keras.callbacks.Callback):
 
 
 class BestKeeper(keras.callbacks.Callback):
-    """Keeps the best classifier on validation (accuracy, then loss) in memory and in model.keras.
+    """Keeps the best classifier on validation (`val_score`) in memory and in model.keras.
 
     Writing a large model takes a while, so an improvement is written at most every
     `every_seconds`; `flush()` (at the end of each phase and on interruption) writes any pending one.
@@ -47,11 +50,12 @@ class BestKeeper(keras.callbacks.Callback):
     """
 
     def __init__(self, classifier, path: Path, best=None, best_epoch=None, epochs_seen: int = 0,
-                 every_seconds: float = 30.0, saver=None, best_weights=None):
+                 every_seconds: float = 30.0, saver=None, best_weights=None, multi_label: bool = False):
         super().__init__()
         self.classifier, self.path, self.every = classifier, path, every_seconds
         self.saver = saver if saver is not None else classifier
-        self.best = tuple(best) if best is not None else None  # (val_accuracy, -val_loss)
+        self.multi_label = multi_label
+        self.best = tuple(best) if best is not None else None  # (val_accuracy or val_map, -val_loss)
         self.best_weights = best_weights
         self.best_epoch = best_epoch
         self.epochs_seen = epochs_seen  # across both phases
@@ -61,7 +65,7 @@ class BestKeeper(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs_seen += 1
-        score = val_score(logs)
+        score = val_score(logs, self.multi_label)
         if self.best is None or score > self.best:
             self.best, self.best_epoch = score, self.epochs_seen
             self.best_weights = self.classifier.get_weights()
@@ -120,8 +124,9 @@ def save_checkpoint(run: Path, classifier, optimizer, phase: int, history: list[
 
 
 def write_history(run: Path, history: list[dict], plot: bool = True) -> None:
+    columns = HISTORY_COLUMNS + (MULTILABEL_COLUMNS if any("val_map" in row for row in history) else [])
     # rows from a checkpoint written before a column existed lack it
-    write_csv(run / "history.csv", HISTORY_COLUMNS, [[row.get(c, 0) for c in HISTORY_COLUMNS] for row in history])
+    write_csv(run / "history.csv", columns, [[row.get(c, 0) for c in columns] for row in history])
     if history and plot:
         from tlcli.plots import plot_curves
 
@@ -161,6 +166,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         row = {"epoch": self.offset + epoch + 1, "phase": self.phase, "lr": self.lr,
                "seconds": round(time.perf_counter() - self.started, 3), "stopped_early": 0}
         row.update({k: round(float(logs[k]), 5) for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
+        row.update({k: round(float(logs[k]), 5) for k in MULTILABEL_COLUMNS if k in logs})
         self.rows.append(row)
 
 
@@ -169,22 +175,23 @@ class Patience(keras.callbacks.Callback):
     validation score, and marks that epoch's history row. Hung after HistoryRecorder, whose row it
     reads: counting from the history, a resumed phase goes on counting where it was interrupted."""
 
-    def __init__(self, rows: list, phase: int, patience: int):
+    def __init__(self, rows: list, phase: int, patience: int, multi_label: bool = False):
         super().__init__()
-        self.rows, self.phase, self.patience = rows, phase, patience
+        self.rows, self.phase, self.patience, self.multi_label = rows, phase, patience, multi_label
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 < self.params["epochs"] and epochs_without_improvement(self.rows, self.phase) >= self.patience:
+        waited = epochs_without_improvement(self.rows, self.phase, self.multi_label)
+        if epoch + 1 < self.params["epochs"] and waited >= self.patience:
             self.rows[-1]["stopped_early"] = 1
             self.model.stop_training = True
 
 
-def epochs_without_improvement(history: list[dict], phase: int) -> int:
+def epochs_without_improvement(history: list[dict], phase: int, multi_label: bool = False) -> int:
     """How many of `phase`'s last epochs scored no better than its best one before them."""
     best, waited = None, 0
     for row in history:
         if row["phase"] == phase:
-            score = val_score(row)
+            score = val_score(row, multi_label)
             best, waited = (score, 0) if best is None or score > best else (best, waited + 1)
     return waited
 

@@ -218,13 +218,18 @@ def _same_data(a, b) -> bool:
 
 
 def _files(folder: ImageFolder) -> list[dict]:
-    """One row per image of every split, train first: path (as found), split, class."""
+    """One row per image of every split, train first: path (as found), split, class (a
+    multi-label image's labels joined by ';')."""
+    def name(label) -> str:
+        if np.ndim(label) == 0:
+            return folder.class_names[int(label)]
+        return ";".join(c for c, on in zip(folder.class_names, label) if on)
+
     rows = []
     for split in SPLIT_NAMES:
         part = getattr(folder, split)
         if part is not None:
-            rows += [{"path": p, "split": split, "class": folder.class_names[int(label)]}
-                     for p, label in zip(part.paths, part.labels)]
+            rows += [{"path": p, "split": split, "class": name(label)} for p, label in zip(part.paths, part.labels)]
     return rows
 
 

@@ -22,6 +22,10 @@ from tlcli.errors import TlcliError, close_matches
 # Keys config.json carries besides the settings themselves.
 RUN_INFO_KEYS = ("versions", "class_names")
 
+# Multi-label positive weights (class weights "auto") stay within [1/limit, limit]: see
+# tlcli.multilabel.positive_weights.
+POS_WEIGHT_LIMIT = 10.0
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -187,8 +191,13 @@ class TrainConfig:
     # A label file's columns of image paths and of labels; None: found by name (tlcli.labelfile).
     path_column: str | None = None
     label_column: str | None = None
+    # Multi-label: a label cell split at label_delimiter into several labels turns it on, as
+    # multi_label does (which also merges a file's rows of one image each). config.json records
+    # it resolved: true when the data turned it on.
+    multi_label: bool = False
+    label_delimiter: str | None = None
     dropout: float = 0.2
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # single-label only: see tlcli.objective for multi-label
     class_weights: str = "auto"  # "auto" balances uneven classes; "none"
     # Fit one temperature on the validation images at the end and fold it into the saved model,
     # so its probabilities mean what they say (tlcli.calibration).
@@ -214,6 +223,8 @@ class TrainConfig:
         unfreeze = spec.unfreeze if self.unfreeze == "auto" else parse_unfreeze(self.unfreeze)
         if image_size < spec.min_size:
             raise TlcliError(f"--image-size {image_size} is below {self.backbone}'s minimum of {spec.min_size}.")
+        if self.label_delimiter == "":
+            raise TlcliError("--label-delimiter must be the character (or text) between labels, e.g. ';'; not empty.")
         cache_ram_gb = available_memory_gb() / 2 if self.cache_ram_gb == "auto" else self.cache_ram_gb
         resolved = dataclasses.replace(self, data_dir=absolute_data_dir(self.data_dir), image_size=image_size,
                                        unfreeze=unfreeze, cache_ram_gb=round(max(0.5, cache_ram_gb), 2)

@@ -136,8 +136,9 @@ class Preprocess(layers.Layer):
 
 
 def build_classifier(backbone: str, n_classes: int, image_size: int, weights: str = "imagenet",
-                     dropout: float = 0.2) -> keras.Model:
-    """The deployable model for `backbone` with a fresh softmax head of `n_classes`."""
+                     dropout: float = 0.2, multi_label: bool = False) -> keras.Model:
+    """The deployable model for `backbone` with a fresh softmax head of `n_classes`; with
+    `multi_label`, a sigmoid head: one independent probability per class."""
     spec = get_spec(backbone)
     inputs = keras.Input((None, None, 3), name="image")
     x = Resize(image_size, image_size, name="resize")(inputs)
@@ -154,8 +155,9 @@ def build_classifier(backbone: str, n_classes: int, image_size: int, weights: st
 
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    # float32 output keeps softmax stable under mixed precision.
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    # float32 output keeps softmax (and sigmoid) stable under mixed precision.
+    outputs = layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax", dtype="float32",
+                           name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"tlcli_{backbone}")
 
 

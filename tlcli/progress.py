@@ -50,11 +50,14 @@ class Step:
 
 
 def format_logs(logs) -> str:
-    """Keras logs as 'loss 0.552 acc 0.971 | val 0.794 0.790' (val loss, val accuracy)."""
+    """Keras logs as 'loss 0.552 acc 0.971 | val 0.794 0.790' (val loss, val accuracy); a
+    multi-label run's mAP follows each accuracy ('acc 0.971 mAP 0.912')."""
     logs = logs or {}
-    text = " ".join(f"{name} {float(logs[key]):.3f}" for key, name in (("loss", "loss"), ("accuracy", "acc")) if key in logs)
+    names = (("loss", "loss"), ("accuracy", "acc"), ("map", "mAP"))
+    text = " ".join(f"{name} {float(logs[key]):.3f}" for key, name in names if key in logs)
     if "val_loss" in logs:
         text += f" | val {float(logs['val_loss']):.3f} {float(logs['val_accuracy']):.3f}"
+        text += f" mAP {float(logs['val_map']):.3f}" if "val_map" in logs else ""
     return text
 
 

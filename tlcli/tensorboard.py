@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 LOG_DIR = "tensorboard"
@@ -112,10 +113,11 @@ def _metadata(plugin: str):
 
 
 def _one_per_class(split, count: int) -> list:
-    """Up to `count` paths of `split`, taking each class's first image in turn."""
+    """Up to `count` paths of `split`, taking each class's first image in turn (a multi-label
+    image counts under its first label)."""
     by_class: dict[int, list] = {}
     for path, label in zip(split.paths, split.labels):
-        by_class.setdefault(int(label), []).append(path)
+        by_class.setdefault(int(np.argmax(label)) if np.ndim(label) else int(label), []).append(path)
     queues = [list(paths) for _, paths in sorted(by_class.items())]
     picked = []
     while len(picked) < count and any(queues):

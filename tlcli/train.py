@@ -31,13 +31,14 @@ import numpy as np
 import tensorflow as tf
 from rich.console import Console
 
-from tlcli import __version__, cache, checkpoint, distribute
+from tlcli import __version__, cache, checkpoint, distribute, objective
 from tlcli.cache import CACHE_DIR
 from tlcli.augment import build_augmenter
-from tlcli.config import TrainConfig
-from tlcli.data import class_weights, find_folder, make_dataset
+from tlcli.config import POS_WEIGHT_LIMIT, TrainConfig
+from tlcli.data import class_weights, find_folder, make_dataset, targets
 from tlcli.errors import TlcliError
 from tlcli.labelfile import Columns
+from tlcli.multilabel import positive_weights
 from tlcli.check import quick_check
 from tlcli.finalize import TrainResult, complete, finalize
 from tlcli.model import (build_classifier, count_params, head_model, load_classifier, pretrained, top_classifier,
@@ -82,8 +83,11 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         try:
             data = find_folder(config.data_dir, config.val_split, config.seed,
                                classes=saved["class_names"] if saved is not None else None,
-                               columns=Columns(config.path_column, config.label_column))
-            say(f"Found {len(data.train)} train and {len(data.val)} val images in {len(data.class_names)} classes")
+                               columns=Columns(config.path_column, config.label_column),
+                               label_delimiter=config.label_delimiter, multi_label=config.multi_label)
+            config = dataclasses.replace(config, multi_label=data.multi_label)  # the data may turn it on
+            kind = "labels (multi-label: each image may have several)" if data.multi_label else "classes"
+            say(f"Found {len(data.train)} train and {len(data.val)} val images in {len(data.class_names)} {kind}")
         except checkpoint.StopRequested:
             raise TlcliError("interrupted before training started; nothing was written.", exit_code=130) from None
         if saved is not None and chief and saved["data_dir"] != config.data_dir:
@@ -99,7 +103,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
         try:
             with distribute.fit_scope(strategy):  # models are built and trained under the strategy
                 classifier = build_classifier(config.backbone, len(data.class_names), config.image_size,
-                                              config.weights, config.dropout)
+                                              config.weights, config.dropout, multi_label=config.multi_label)
                 run = _open_run(config, data, chief, resume, say)
                 if resume is not None:
                     checkpoint.restore_weights(run, classifier)
@@ -121,7 +125,7 @@ def train(config: TrainConfig | None = None, console: Console | None = None, qui
             keras.mixed_precision.set_dtype_policy(previous_policy)
         if chief:  # outside the strategy: one host checks and completes the run
             labels, predicted = complete(result, session.data, config, say)
-            if session.events is not None:
+            if session.events is not None and not config.multi_label:
                 session.events.confusion_matrix(labels, predicted, session.data.class_names, len(result.history))
         return result
 
@@ -179,6 +183,7 @@ class Session:
     shard: tuple[int, int] = (0, 1)  # (this worker, workers): each reads its own shard of the files
     n_train_total: int = 0  # training images of every shard
     events: EventLog | None = None  # --tensorboard, on the chief
+    pos_weight: np.ndarray | None = None  # multi-label, class weights "auto": each label's positive weight
     seconds: dict = field(default_factory=dict)
     throughput: dict = field(default_factory=dict)
 
@@ -190,8 +195,8 @@ class Session:
     def n_classes(self) -> int:
         return len(self.data.class_names)
 
-    def onehot(self, labels) -> np.ndarray:
-        return np.eye(self.n_classes, dtype=np.float32)[labels]
+    def targets(self, labels) -> np.ndarray:
+        return targets(labels, self.n_classes)
 
 
 def _fit(s: Session) -> TrainResult:
@@ -205,8 +210,12 @@ def _fit(s: Session) -> TrainResult:
         if s.events is not None and not s.resumed:
             s.events.augmented_images(s.data.train, config.augment, config.image_size, config.seed)
         keeper = _keeper(s)
-        weights = class_weights(s.data.train.labels, s.n_classes) if config.class_weights == "auto" else None
+        auto = config.class_weights == "auto"
         # (a worker's shard has every count-th file of a sorted list: its class mix is the whole's)
+        if config.multi_label:  # weighted inside the loss, label by label: no weight per image
+            s.pos_weight, weights = positive_weights(s.data.train.labels, POS_WEIGHT_LIMIT) if auto else None, None
+        else:
+            weights = class_weights(s.data.train.labels, s.n_classes) if auto else None
         ended = stopped_early(history)  # a resumed run does not reopen a phase --patience ended
         if phase == 1 and "phase1" not in ended:
             trainer = _phase1(s, keeper, pooled, weights)
@@ -231,7 +240,7 @@ def _fit(s: Session) -> TrainResult:
 def _keeper(s: Session) -> BestKeeper:
     history = s.state["history"]
     return BestKeeper(s.classifier, s.run / "model.keras", s.state["best"], s.state["best_epoch"], len(history),
-                      saver=float32_saver(s.classifier), best_weights=_saved_best(s))
+                      saver=float32_saver(s.classifier), best_weights=_saved_best(s), multi_label=s.config.multi_label)
 
 
 def _saved_best(s: Session) -> list | None:
@@ -249,7 +258,7 @@ def _callbacks(s: Session, keeper: BestKeeper, progress, phase: int, label: str,
     history = s.state["history"]
     offset = sum(1 for row in history if row["phase"] < phase)  # epochs count on across phases, as run
     # Patience marks the row HistoryRecorder appends before EpochCheckpoint saves it.
-    patience = [Patience(history, phase, s.config.patience)] if s.config.patience else []
+    patience = [Patience(history, phase, s.config.patience, s.config.multi_label)] if s.config.patience else []
     events = [EpochEvents(s.events, history)] if s.events is not None else []
     return [StopCheck(s.stopper), EpochBars(progress, label, epochs, steps, first_epoch=offset),
             HistoryRecorder(history, phase=phase, lr=lr, offset=offset), *patience, *events, keeper,
@@ -267,12 +276,12 @@ def _phase1(s: Session, keeper: BestKeeper, pooled, weights) -> keras.Model:
     config, data = s.config, s.data
     train_x, val_x = pooled
     trainer = head_model(s.classifier)
-    trainer.compile(optimizer=keras.optimizers.Adam(config.lr), loss=_loss(config), metrics=["accuracy"],
-                    jit_compile=s.xla)
+    trainer.compile(optimizer=keras.optimizers.Adam(config.lr), loss=objective.loss(config, s.pos_weight),
+                    metrics=objective.metrics(config, s.n_classes), jit_compile=s.xla)
     if s.resumed:
         checkpoint.restore_optimizer(s.run, trainer.optimizer, trainer.trainable_variables)
     distribute.prepare_for_fit(trainer, s.strategy)
-    y = s.onehot(np.tile(data.train.labels, config.cache_views))
+    y = s.targets(np.concatenate([data.train.labels] * config.cache_views))
     fit_args = dict(x=train_x, y=y, batch_size=config.batch_size, shuffle=True, class_weight=weights)
     steps = -(-len(train_x) // config.batch_size)
     if s.shard[1] > 1:  # this worker's own features, 1/N of each global batch
@@ -285,7 +294,7 @@ def _phase1(s: Session, keeper: BestKeeper, pooled, weights) -> keras.Model:
     with make_progress(s.console, s.quiet) as progress:
         trainer.fit(
             **fit_args, epochs=config.epochs, initial_epoch=s.state["epoch"],
-            validation_data=(val_x, s.onehot(data.val.labels)), verbose=0,
+            validation_data=(val_x, s.targets(data.val.labels)), verbose=0,
             callbacks=_callbacks(s, keeper, progress, 1, "Head", config.epochs, steps, config.lr),
         )
     _say_if_stopped(s, 1, "Head training")
@@ -303,8 +312,8 @@ def _compile_phase2(s: Session, top, augmenter) -> keras.Model:
           f"parameters)" + ("" if top is not None else ", end to end"))
     trainer = top_classifier(top, s.classifier) if top is not None else \
         keras.Sequential([augmenter, s.classifier], name="trainer")
-    trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=_loss(config), metrics=["accuracy"],
-                    jit_compile=s.xla)
+    trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=objective.loss(config, s.pos_weight),
+                    metrics=objective.metrics(config, s.n_classes), jit_compile=s.xla)
     return trainer
 
 
@@ -343,10 +352,6 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
     epochs_run = sum(1 for row in s.state["history"] if row["phase"] == 2) - epochs_before
     s.throughput["phase2_images_per_second"] = len(data.train) * epochs_run / s.seconds["phase2"]
     _say_if_stopped(s, 2, "Fine-tuning")
-
-
-def _loss(config: TrainConfig):
-    return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
 
 
 def float32_saver(classifier: keras.Model) -> keras.Model:
