@@ -282,3 +282,57 @@ def test_config_bad_input_is_a_one_line_error(cli, trained_run, tmp_path):
         assert result.exit_code == 2 and result.output.startswith(message), result.output
         assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- multi-label (issue 18)
+
+
+def test_a_multi_label_run_stores_its_mode_thresholds_and_figures(multilabel_run):
+    from conftest import PLANTED_MULTILABEL
+
+    config = json.loads((multilabel_run / "config.json").read_text())
+    assert config["multi_label"] is True and config["label_delimiter"] == ";"
+    labels = (multilabel_run / "labels.txt").read_text().split()
+    assert labels == ["circle", "cross", "square", "triangle"]
+    thresholds = json.loads((multilabel_run / "thresholds.json").read_text())
+    assert set(thresholds) == {"labels", "thresholds", "tuned_on", "metric"}
+    assert thresholds["labels"] == labels and (thresholds["tuned_on"], thresholds["metric"]) == ("val", "f1")
+    assert len(thresholds["thresholds"]) == 4 and all(0 < t < 1 for t in thresholds["thresholds"])
+    metrics = json.loads((multilabel_run / "metrics.json").read_text())
+    assert metrics["val_macro_f1"] >= 0.9  # the issue's acceptance figure, on this set's validation images
+    assert metrics["val_accuracy"] == metrics["val_exact_match"]
+    assert metrics["saved_model_check"]["agrees"] is True and "multi-label" in metrics["calibration"]["skipped"]
+    assert set(metrics["pos_weights"]) == set(labels)
+    # The best epoch was chosen by the validation mAP history.csv records, and metrics.json says which.
+    rows = list(csv.DictReader((multilabel_run / "history.csv").open()))
+    assert {"map", "val_map"} <= set(rows[0])
+    best = max(rows, key=lambda r: (float(r["val_map"]), -float(r["val_loss"])))
+    assert int(best["epoch"]) == metrics["best_epoch"]
+    assert float(best["val_map"]) == pytest.approx(metrics["val_pr_auc"], abs=1e-5)
+    with open(multilabel_run / "skipped.csv", newline="") as f:
+        skipped = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in csv.DictReader(f)}
+    assert {name: reason.split(" (")[0] for name, reason in skipped.items()} == {
+        path.rsplit("/", 1)[-1]: why for path, _, why in PLANTED_MULTILABEL}
+
+
+def test_a_multi_label_model_keras_reproduces_the_figures_at_its_thresholds(multilabel_run):
+    """model.keras's sigmoid outputs on the run's validation images, thresholded by hand with
+    thresholds.json, give metrics.json's macro F1 and exact match."""
+    import numpy as np
+
+    from tlcli.config import TrainConfig
+    from tlcli.data import load_folder
+    from tlcli.model import load_classifier
+
+    config = TrainConfig.from_dict(json.loads((multilabel_run / "config.json").read_text()))
+    folder = load_folder(config.data_dir, config.image_size, config.val_split, config.seed,
+                         label_delimiter=config.label_delimiter, multi_label=config.multi_label)
+    model = load_classifier(multilabel_run / "model.keras")
+    assert model.get_layer("predictions").get_config()["activation"] == "sigmoid"
+    probs = model.predict(folder.val.images.astype("float32"), verbose=0)
+    thresholds = np.asarray(json.loads((multilabel_run / "thresholds.json").read_text())["thresholds"])
+    predicted, truth = probs >= thresholds, folder.val.labels > 0.5
+    tp, fp, fn = ((predicted & truth).sum(0), (predicted & ~truth).sum(0), (~predicted & truth).sum(0))
+    metrics = json.loads((multilabel_run / "metrics.json").read_text())
+    assert np.mean(2 * tp / (2 * tp + fp + fn)) == pytest.approx(metrics["val_macro_f1"])
+    assert np.mean((predicted == truth).all(1)) == pytest.approx(metrics["val_exact_match"])

@@ -27,11 +27,17 @@ def backbones_table(backbones: dict) -> Table:
 
 
 def train_summary(run_dir: Path, metrics: dict) -> Table:
-    """`tlcli train`'s result: accuracy, loss, image counts, time and memory of the run."""
+    """`tlcli train`'s result: accuracy (multi-label: mAP, macro F1 and exact match at the tuned
+    thresholds), loss, image counts, time and memory of the run."""
     table = Table(title=f"Trained: {run_dir}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("val accuracy", f"{metrics['val_accuracy']:.3f}")
+    if "val_map" in metrics:
+        table.add_row("val mAP", f"{metrics['val_map']:.3f}")
+        table.add_row("val macro F1 (tuned thresholds)", f"{metrics['val_macro_f1']:.3f}")
+        table.add_row("val exact match", f"{metrics['val_exact_match']:.3f}")
+    else:
+        table.add_row("val accuracy", f"{metrics['val_accuracy']:.3f}")
     table.add_row("val loss", f"{metrics['val_loss']:.3f}")
     table.add_row("best epoch", str(metrics["best_epoch"]))
     for phase, epoch in metrics.get("stopped_early", {}).items():  # --patience
