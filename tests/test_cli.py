@@ -93,6 +93,7 @@ def no_tensorflow(monkeypatch):
     (["train", "{data}", "--shear", "46"], "--shear must be at least 0 and at most 45"),  # crashed in RandomShear
     (["train", "{data}", "--shear", "89"], "--shear"),
     (["train", "{data}", "--zoom", "-0.1"], "--zoom"),
+    (["train", "{data}", "--label-delimiter", ""], "--label-delimiter must be"),
     (["augment-preview", "{data}", "--shear", "60"], "--shear"),
     (["augment-preview", "{data}", "--samples", "0"], "--samples must be at least 1"),
     (["augment-preview", "{data}", "--variants", "0"], "--variants must be at least 1"),

@@ -37,14 +37,16 @@ def train(
     unfreeze: Annotated[str, typer.Option(help="Backbone layers trained in phase 2: a count (40), a fraction (0.3, 1.0), all, or auto.", rich_help_panel="Schedule")] = _default(TrainConfig, "unfreeze"),
     batch_size: Annotated[int, typer.Option(help="Images per training step.", rich_help_panel="Schedule")] = _default(TrainConfig, "batch_size"),
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier layer.", rich_help_panel="Head")] = _default(TrainConfig, "dropout"),
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.", rich_help_panel="Head")] = _default(TrainConfig, "label_smoothing"),
-    class_weights: Annotated[str, typer.Option(help="auto (balance uneven classes) or none.", rich_help_panel="Head")] = _default(TrainConfig, "class_weights"),
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss (single-label only).", rich_help_panel="Head")] = _default(TrainConfig, "label_smoothing"),
+    class_weights: Annotated[str, typer.Option(help="auto (balance uneven classes; multi-label: weigh each label's positives by its negatives / positives) or none.", rich_help_panel="Head")] = _default(TrainConfig, "class_weights"),
     patience: Annotated[int, typer.Option(help="End a phase after N epochs without a better validation score; 0 never does.", rich_help_panel="Schedule")] = _default(TrainConfig, "patience"),
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit one temperature on the validation images and fold it into the saved model, so its probabilities mean what they say.", rich_help_panel="Head")] = _default(TrainConfig, "calibrate"),
     val_split: Annotated[float, typer.Option(help="Validation fraction when DATA_DIR has no val/ folder.", rich_help_panel="Data")] = _default(TrainConfig, "val_split"),
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and augmentation.", rich_help_panel="Data")] = _default(TrainConfig, "seed"),
     path_column: PathColumn = None,
     label_column: LabelColumn = None,
+    multi_label: Annotated[bool, typer.Option("--multi-label", help="Each image may have several labels: a sigmoid head, one probability per label, thresholds tuned on val. A label file may then list an image on several rows (one per label). On by itself when --label-delimiter splits some cell in two.", rich_help_panel="Data")] = _default(TrainConfig, "multi_label"),
+    label_delimiter: Annotated[Optional[str], typer.Option(help="Split a label file's label cells at this text into several labels, e.g. ';' for beach;sunset.", rich_help_panel="Data", show_default=False)] = None,
     cache_ram_gb: Annotated[Optional[float], typer.Option(help="Memory (GB) for cached activations; beyond it they spill to disk. Default: half the available memory.", rich_help_panel="Speed", show_default=False)] = None,
     mixed_precision: Annotated[str, typer.Option(help="float16 compute: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "mixed_precision"),
     xla: Annotated[str, typer.Option(help="XLA-compiled training steps: auto (on with a GPU), on, off.", rich_help_panel="Speed")] = _default(TrainConfig, "xla"),
@@ -63,7 +65,7 @@ def train(
 ):
     """Fine-tune a pretrained backbone on DATA_DIR: head first, then the top of the backbone.
 
-    Leaves a run folder (model.keras, labels.txt, config.json, history.csv, metrics.json, curves.png) that `predict`, `evaluate` and `export` use by default.
+    Leaves a run folder (model.keras, labels.txt, config.json, history.csv, metrics.json, curves.png; thresholds.json when multi-label) that `predict`, `evaluate` and `export` use by default.
 
     Ctrl-C stops after the current step and keeps everything; continue with --resume RUN, with
     the run's own settings (other flags are ignored). If its images have moved since, give their
@@ -72,7 +74,13 @@ def train(
     --config runs/train3/config.json reruns that run's settings in a new run folder; the flags
     given beside it (and DATA_DIR) override them.
 
+    Multi-label (a label file whose cells hold several labels, or --multi-label): one sigmoid
+    output per label, and thresholds.json with one threshold per label, tuned on the validation
+    images for F1.
+
     Example: [bold]tlcli train ./flowers --backbone xception --epochs 10 --patience 3 --tensorboard[/]
+
+    Example: [bold]tlcli train photos/labels.csv --label-delimiter ';'[/]
     """
     if data_dir is None and resume is None and config_file is None:
         raise TlcliError("give DATA_DIR to start a run, --resume RUN to continue one, or --config to rerun one.")
