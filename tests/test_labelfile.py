@@ -288,3 +288,11 @@ def test_a_json_list_of_labels_is_a_multi_label_row(tmp_path):
     table = read_label_file(tmp_path / "labels.json")
     assert table.multi_label and table.rows[0].labels == ("beach", "sunset")
     assert [why.split(" (")[0] for _, why in table.skipped] == ["empty label"]
+
+
+def test_labels_that_look_joined_get_a_hint_without_a_delimiter(tmp_path):
+    from tlcli.labelfile import read_label_file
+
+    labels = multilabel_file(tmp_path, [("a.png", "beach;sunset", ""), ("b.png", "sunset", "")])
+    assert any("--label-delimiter ';'" in note for note in read_label_file(labels, multi_label=True).notes)
+    assert not any("delimiter" in note for note in read_label_file(labels, label_delimiter=";").notes)

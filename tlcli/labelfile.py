@@ -126,7 +126,8 @@ def read_label_file(path, columns: Columns | None = None, label_delimiter: str |
     rows, conflicts, notes = _without_duplicates(rows, merge=multi_label)
     rows, split_notes = _settle_splits(rows)
     multi_label = multi_label or any(len(row.labels) > 1 for row in rows)
-    table = LabelTable(str(path), chosen, rows, skipped + conflicts, notes + split_notes, multi_label)
+    hint = [] if label_delimiter else _delimiter_hint(rows)
+    table = LabelTable(str(path), chosen, rows, skipped + conflicts, notes + split_notes + hint, multi_label)
     if not rows:
         raise TlcliError(_nothing_usable(table, base))
     return table
@@ -275,6 +276,16 @@ def _labels(value, delimiter: str | None) -> tuple[str, ...]:
     if delimiter:
         parts = [piece for part in parts for piece in part.split(delimiter)]
     return tuple(dict.fromkeys(part.strip() for part in parts if part.strip()))
+
+
+def _delimiter_hint(rows: list[LabelRow]) -> list[str]:
+    """A note when labels look like several joined ('beach;sunset') but no delimiter was given."""
+    for mark in (";", "|"):
+        joined = [label for row in rows for label in row.labels if mark in label]
+        if joined:
+            return [f"{len(joined)} label(s) hold '{mark}' (e.g. '{joined[0]}'), each read as one label: "
+                    f"--label-delimiter '{mark}' splits them into several."]
+    return []
 
 
 def _absolute(file: str, base: str) -> str:
