@@ -90,7 +90,7 @@ def test_multi_label_runs_are_judged_by_val_map_then_loss():
     rows = [_row(1, 1, 0.80, 1.0, val_map=0.9), _row(2, 1, 0.85, 1.0, val_map=0.7), _row(3, 1, 0.90, 1.0, val_map=0.8)]
     assert epochs_without_improvement(rows, 1, multi_label=True) == 2
     assert epochs_without_improvement(rows, 1) == 0
-    rows.append(_row(4, 1, 0.5, 0.9, val_map=0.9))  # the same mAP as the best, a lower loss: better
+    rows.append(_row(4, 1, 0.5, 0.9, val_map=0.8999999))  # the same mAP as the best to 4 places, a lower loss: better
     assert epochs_without_improvement(rows, 1, multi_label=True) == 0
     callback = Patience(rows, 1, 1, multi_label=True)
     callback.set_model(SimpleNamespace(stop_training=False))

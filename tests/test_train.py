@@ -306,9 +306,9 @@ def test_a_multi_label_run_stores_its_mode_thresholds_and_figures(multilabel_run
     # The best epoch was chosen by the validation mAP history.csv records, and metrics.json says which.
     rows = list(csv.DictReader((multilabel_run / "history.csv").open()))
     assert {"map", "val_map"} <= set(rows[0])
-    best = max(rows, key=lambda r: (float(r["val_map"]), -float(r["val_loss"])))
+    best = max(rows, key=lambda r: (round(float(r["val_map"]), 4), -float(r["val_loss"])))
     assert int(best["epoch"]) == metrics["best_epoch"]
-    assert float(best["val_map"]) == pytest.approx(metrics["val_pr_auc"], abs=1e-5)
+    assert float(best["val_map"]) == pytest.approx(metrics["val_pr_auc"], abs=1e-4)
     with open(multilabel_run / "skipped.csv", newline="") as f:
         skipped = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in csv.DictReader(f)}
     assert {name: reason.split(" (")[0] for name, reason in skipped.items()} == {

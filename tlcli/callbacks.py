@@ -26,7 +26,11 @@ MULTILABEL_COLUMNS = ["map", "val_map"]
 def val_score(values, multi_label: bool = False) -> tuple[float, float]:
     """What "better on validation" means, for the best model and for --patience: higher accuracy
     (multi-label: higher mAP), then lower loss. `values`: Keras's epoch logs or a history row."""
-    return float(values["val_map" if multi_label else "val_accuracy"]), -float(values["val_loss"])
+    if multi_label:
+        # To 4 places: Keras's interpolated PR-AUC wobbles in the 7th (1.0000001 after 0.9999999
+        # for two perfect rankings), which would otherwise outrank a lower loss.
+        return round(float(values["val_map"]), 4), -float(values["val_loss"])
+    return float(values["val_accuracy"]), -float(values["val_loss"])
 
 
 class StopCheck(keras.callbacks.Callback):
