@@ -165,13 +165,22 @@ class HistoryRecorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
+        self.epoch_lr = _current_rate(self.model, self.lr)
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": self.offset + epoch + 1, "phase": self.phase, "lr": self.lr,
+        row = {"epoch": self.offset + epoch + 1, "phase": self.phase, "lr": self.epoch_lr,
                "seconds": round(time.perf_counter() - self.started, 3), "stopped_early": 0}
         row.update({k: round(float(logs[k]), 5) for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
         row.update({k: round(float(logs[k]), 5) for k in MULTILABEL_COLUMNS if k in logs})
         self.rows.append(row)
+
+
+def _current_rate(model, default: float) -> float:
+    """The optimizer's learning rate now (a schedule's value at this step), else `default`."""
+    try:
+        return float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.6g}")
+    except (AttributeError, TypeError, ValueError):
+        return default
 
 
 class Patience(keras.callbacks.Callback):

@@ -34,6 +34,7 @@ def train(
     fine_tune_epochs: Annotated[int, typer.Option(help="Phase 2 epochs with the top of the backbone unfrozen; 0 skips it.", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_epochs"),
     lr: Annotated[float, typer.Option(help="Phase 1 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "lr"),
     fine_tune_lr: Annotated[float, typer.Option(help="Phase 2 learning rate (Adam).", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_lr"),
+    fine_tune_schedule: Annotated[str, typer.Option(help="Phase 2 learning rate over time: constant, or cosine (decays to zero by the last epoch).", rich_help_panel="Schedule")] = _default(TrainConfig, "fine_tune_schedule"),
     unfreeze: Annotated[str, typer.Option(help="Backbone layers trained in phase 2: a count (40), a fraction (0.3, 1.0), all, or auto.", rich_help_panel="Schedule")] = _default(TrainConfig, "unfreeze"),
     batch_size: Annotated[int, typer.Option(help="Images per training step.", rich_help_panel="Schedule")] = _default(TrainConfig, "batch_size"),
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier layer.", rich_help_panel="Head")] = _default(TrainConfig, "dropout"),

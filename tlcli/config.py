@@ -80,6 +80,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "fine_tune_epochs": Limit("--fine-tune-epochs", 0),
     "lr": Limit("--lr", 0, low_open=True),
     "fine_tune_lr": Limit("--fine-tune-lr", 0, low_open=True),
+    "fine_tune_schedule": Choice("--fine-tune-schedule", ("constant", "cosine")),
     "batch_size": Limit("--batch-size", 1),
     "val_split": Limit("--val-split", 0, 1, low_open=True, high_open=True),
     "seed": Limit("--seed", 0, 2**32 - 1, why="a NumPy seed"),
@@ -184,6 +185,8 @@ class TrainConfig:
     lr: float = 1e-3
     # A tenth of the head rate: 1e-5 (the keras.io guide) barely moves the weights in a few epochs.
     fine_tune_lr: float = 1e-4
+    # "cosine" decays fine_tune_lr to zero over phase 2; "constant" keeps it.
+    fine_tune_schedule: str = "constant"
     unfreeze: float | int | str = "auto"  # layer count ("40"), fraction ("0.3", "1.0", "all") or "auto"
     batch_size: int = 32
     val_split: float = 0.2  # used only when DATA_DIR has no val/ folder

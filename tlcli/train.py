@@ -312,18 +312,34 @@ def _compile_phase2(s: Session, top, augmenter) -> keras.Model:
           f"parameters)" + ("" if top is not None else ", end to end"))
     trainer = top_classifier(top, s.classifier) if top is not None else \
         keras.Sequential([augmenter, s.classifier], name="trainer")
-    trainer.compile(optimizer=keras.optimizers.Adam(config.fine_tune_lr), loss=objective.loss(config, s.pos_weight),
+    trainer.compile(optimizer=keras.optimizers.Adam(_fine_tune_rate(config, _phase2_steps(s)[1])),
+                    loss=objective.loss(config, s.pos_weight),
                     metrics=objective.metrics(config, s.n_classes), jit_compile=s.xla)
     return trainer
+
+
+def _phase2_steps(s: Session) -> tuple[int, int]:
+    """Phase 2's batch per worker (the global batch is split between workers) and steps per epoch."""
+    workers, batch_size = s.shard[1], s.config.batch_size
+    if workers == 1:
+        return batch_size, -(-len(s.data.train) // batch_size)
+    batch = max(1, batch_size // workers)
+    return batch, steps_per_epoch(s.n_train_total, workers, batch)
+
+
+def _fine_tune_rate(config, steps: int):
+    """Phase 2's learning rate: a number, or a cosine decay over all of phase 2's steps (the
+    optimizer's step count is checkpointed, so a resumed run goes on along the same curve)."""
+    if config.fine_tune_schedule == "constant" or config.fine_tune_epochs < 1:
+        return config.fine_tune_lr
+    return keras.optimizers.schedules.CosineDecay(config.fine_tune_lr, decay_steps=steps * config.fine_tune_epochs)
 
 
 def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, weights, cached: bool) -> None:
     """The top of the backbone and the head, at the lower fine-tuning rate."""
     config, data = s.config, s.data
     workers = s.shard[1]
-    batch = max(1, config.batch_size // workers)  # per worker: the global batch is split between them
-    steps = -(-len(data.train) // config.batch_size) if workers == 1 else \
-        steps_per_epoch(s.n_train_total, workers, batch)
+    batch, steps = _phase2_steps(s)
     if cached:
         train_data = cache.RandomViews(activations, s.n_classes, batch, config.seed, weights)
         val_data = cache.validation_data(activations, s.n_classes, config.batch_size)
