@@ -118,3 +118,21 @@ def test_history_csv_has_map_columns_only_for_multi_label_rows(tmp_path):
     with (tmp_path / "history.csv").open() as f:
         row = next(csv.DictReader(f))
     assert list(row)[:len(HISTORY_COLUMNS)] == HISTORY_COLUMNS and (row["map"], row["val_map"]) == ("0.6", "0.7")
+
+
+def test_history_records_the_rate_a_schedule_gives_each_epoch():
+    import keras
+
+    from tlcli.callbacks import HistoryRecorder
+
+    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=10))
+    optimizer.build([keras.Variable(0.0)])
+    rows = []
+    recorder = HistoryRecorder(rows, phase=2, lr=1e-3)
+    recorder.set_model(SimpleNamespace(optimizer=optimizer))
+    logs = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
+    for step in (0, 5, 10):  # start, half way (cos 90° → half the rate), end
+        optimizer.iterations.assign(step)
+        recorder.on_epoch_begin(0)
+        recorder.on_epoch_end(0, logs)
+    assert [row["lr"] for row in rows] == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-9)
