@@ -125,7 +125,10 @@ def run_tlcli(data_dir: Path, backbone: str, seed: int, settings: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as project:
         data = shared_split(data_dir, seed, Path(project))
+        settings = dict(settings)
+        preset = settings.pop("preset", "default")
         config = TrainConfig(str(data), backbone=backbone, seed=seed, project=project, **settings)
+        config = config.with_preset(preset, keep=settings)
         result = train(config, quiet=True)
     seconds = result.metrics["seconds"]
     return {"phase1": seconds["phase1"], "phase2": seconds.get("phase2", 0.0),

@@ -230,3 +230,16 @@ def test_available_memory_is_read_from_the_system():
 
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     assert 0 < available_memory_gb() <= total
+
+
+def test_a_preset_sets_its_fields_but_not_the_flags_given_beside_it():
+    from tlcli.config import PRESETS
+
+    base = TrainConfig("data")
+    best = base.with_preset("best")
+    assert best.preset == "best" and best.cache_views == PRESETS["best"]["cache_views"] != base.cache_views
+    kept = base.with_preset("best", keep={"cache_views"})
+    assert kept.cache_views == base.cache_views and kept.fine_tune_epochs == PRESETS["best"]["fine_tune_epochs"]
+    assert base.with_preset("default") == dataclasses.replace(base, preset="default")
+    with pytest.raises(TlcliError, match="--preset must be one of fast, default, best; not 'bset'"):
+        base.with_preset("bset")

@@ -81,6 +81,7 @@ LIMITS: dict[str, Limit | Choice] = {
     "lr": Limit("--lr", 0, low_open=True),
     "fine_tune_lr": Limit("--fine-tune-lr", 0, low_open=True),
     "fine_tune_schedule": Choice("--fine-tune-schedule", ("constant", "cosine")),
+    "preset": Choice("--preset", ("fast", "default", "best")),
     "batch_size": Limit("--batch-size", 1),
     "val_split": Limit("--val-split", 0, 1, low_open=True, high_open=True),
     "seed": Limit("--seed", 0, 2**32 - 1, why="a NumPy seed"),
@@ -146,6 +147,15 @@ def absolute_data_dir(data_dir: str) -> str:
     """`data_dir` made absolute, so that a run's config.json works from any directory; URLs as they are."""
     data_dir = str(data_dir)
     return data_dir if _URL.match(data_dir) else os.path.abspath(os.path.expanduser(data_dir))
+
+
+# --preset: named trade-offs between time and accuracy, each measured on flowers-train (the
+# README's "Presets" table). A preset sets TrainConfig fields; flags given beside it win.
+PRESETS: dict[str, dict] = {
+    "fast": {"cache_views": 2, "epochs": 3, "fine_tune_epochs": 2},
+    "default": {},
+    "best": {"cache_views": 8, "fine_tune_epochs": 8},
+}
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,14 @@ class TrainConfig:
     strategy: str = "auto"  # tf.distribute: auto, one, mirrored, multiworker (see tlcli.distribute)
     project: str = "runs"
     name: str = "train"
+    preset: str = "default"  # the PRESETS entry applied (with_preset): recorded for the run's config.json
+
+    def with_preset(self, preset: str, keep=()) -> "TrainConfig":
+        """This config with the settings of PRESETS[`preset`], except the fields named in `keep`
+        (the flags a user gave beside --preset)."""
+        LIMITS["preset"].check(preset)
+        values = {name: value for name, value in PRESETS[preset].items() if name not in set(keep)}
+        return dataclasses.replace(self, preset=preset, **values)
 
     def resolve(self) -> "TrainConfig":
         """Check every value, fill in the "auto" ones from the backbone's registry entry and make
