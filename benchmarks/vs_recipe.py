@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import threading
 import time
@@ -135,6 +136,12 @@ def run_tlcli(data_dir: Path, backbone: str, seed: int, settings: dict) -> dict:
             "val_accuracy": result.metrics["val_accuracy"]}
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time (user + system): steadier than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def parse_settings(pairs: list[str]) -> dict:
     """--set name=value pairs as TrainConfig keyword arguments (values read as JSON, else text)."""
     settings = {}
@@ -178,9 +185,10 @@ def main():
     for seed in seeds:
         for name, runner, backbone in (("recipe", run_recipe, keras_class), ("tlcli", run_tlcli, args.backbone)):
             with PeakMemory() as memory:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), cpu_seconds()
                 figures = runner(args.data_dir, backbone, seed, settings)
                 figures["wall"] = time.perf_counter() - start  # everything: loading, building, both phases
+                figures["cpu"] = cpu_seconds() - cpu
             figures["peak_mb"] = memory.peak_mb
             results[name].append(figures)
             print(json.dumps({"seed": seed, "who": name, **{k: round(v, 4) for k, v in figures.items()}}), flush=True)
@@ -188,14 +196,14 @@ def main():
     extra = " ".join(args.set)
     table = Table(title=f"tlcli vs hand-written Keras recipe: {args.data_dir} ({args.backbone}, {os.cpu_count()} CPUs, "
                         f"seeds {args.seeds}{', ' + extra if extra else ''}); mean (min–max)")
-    for column in ("", "phase 1 s", "phase 2 s", "total wall s", "peak RSS MB", "val accuracy %"):
+    for column in ("", "phase 1 s", "phase 2 s", "total wall s", "CPU s", "peak RSS MB", "val accuracy %"):
         table.add_column(column, justify="right")
     for name in ("recipe", "tlcli"):
         runs = results[name]
-        table.add_row(name, *(spread([r[key] for r in runs]) for key in ("phase1", "phase2", "wall")),
+        table.add_row(name, *(spread([r[key] for r in runs]) for key in ("phase1", "phase2", "wall", "cpu")),
                       spread([r["peak_mb"] for r in runs], 0), spread([r["val_accuracy"] for r in runs], 1, 100))
     pairs = list(zip(results["tlcli"], results["recipe"]))
-    table.add_row("tlcli / recipe", *(spread([t[key] / r[key] for t, r in pairs], 2) for key in ("phase1", "phase2", "wall")),
+    table.add_row("tlcli / recipe", *(spread([t[key] / r[key] for t, r in pairs], 2) for key in ("phase1", "phase2", "wall", "cpu")),
                   spread([t["peak_mb"] / r["peak_mb"] for t, r in pairs], 2),
                   spread([(t["val_accuracy"] - r["val_accuracy"]) * 100 for t, r in pairs], 1) + " pts")
     Console().print(table)
