@@ -195,8 +195,10 @@ class TrainConfig:
     lr: float = 1e-3
     # A tenth of the head rate: 1e-5 (the keras.io guide) barely moves the weights in a few epochs.
     fine_tune_lr: float = 1e-4
-    # "cosine" decays fine_tune_lr to zero over phase 2; "constant" keeps it.
-    fine_tune_schedule: str = "constant"
+    # "cosine" decays fine_tune_lr to zero over phase 2; "constant" keeps it. Cosine, at the same
+    # cost: on flowers-train's val split (587 images), seeds 0-2, 94.89/93.02/93.02% against
+    # 94.38/92.33/93.19% (mean +0.34 points).
+    fine_tune_schedule: str = "cosine"
     unfreeze: float | int | str = "auto"  # layer count ("40"), fraction ("0.3", "1.0", "all") or "auto"
     batch_size: int = 32
     val_split: float = 0.2  # used only when DATA_DIR has no val/ folder
