@@ -152,9 +152,12 @@ def absolute_data_dir(data_dir: str) -> str:
 # --preset: named trade-offs between time and accuracy, each measured on flowers-train (the
 # README's "Presets" table). A preset sets TrainConfig fields; flags given beside it win.
 PRESETS: dict[str, dict] = {
-    "fast": {"cache_views": 2, "epochs": 3, "fine_tune_epochs": 2},
+    # Half the cached views and fewer epochs: caching the views is most of phase 1's time.
+    "fast": {"cache_views": 2, "epochs": 3, "fine_tune_epochs": 3},
     "default": {},
-    "best": {"cache_views": 8, "fine_tune_epochs": 8},
+    # Half the backbone fine-tuned (below the cached part, phase 2 costs little more per epoch),
+    # one epoch fewer: +0.85 points over the default on flowers-train seed 0.
+    "best": {"unfreeze": 0.5, "fine_tune_epochs": 4},
 }
 
 
