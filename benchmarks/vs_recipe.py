@@ -4,7 +4,7 @@ The recipe is the keras.io transfer-learning guide as a user would write it:
 image_dataset_from_directory at 224 px, batch 32, RandomFlip + RandomRotation(0.1), a frozen
 MobileNetV2 + global average pooling + dropout 0.2 + dense for 5 epochs at Adam 1e-3, then the
 layers from index 100 on unfrozen at Adam 1e-5 for 5 more, BatchNorm in inference mode.
-tlcli runs with its defaults (or --preset) on the same backbone. Both train and validate on the
+tlcli runs with its defaults (or --set preset=fast) on the same backbone. Both train and validate on the
 same images: a folder with train/ and val/ as it is; otherwise the recipe's own 20% split
 (image_dataset_from_directory's), handed to tlcli as a label file with a split column. Each seed
 runs both, back to back; the table gives the mean and the spread (min to max) over the seeds.
@@ -169,7 +169,7 @@ def main():
     parser.add_argument("--backbone", default="mobilenet_v2", help="tlcli registry name (the recipe uses the Keras class)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, each running both")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a tlcli TrainConfig setting, e.g. --set preset=best (repeatable)")
+                        help="a tlcli TrainConfig setting, e.g. --set preset=fast (repeatable)")
     args = parser.parse_args()
     keras_class = {"mobilenet_v2": "MobileNetV2"}.get(args.backbone)
     if keras_class is None:

@@ -25,7 +25,7 @@ def train(
     # A string, not a Path: Path would turn gs://bucket/flowers into gs:/bucket/flowers.
     data_dir: Annotated[Optional[str], typer.Argument(help="One folder per class, or train/ and val/ (and test/) folders of class folders; a local folder or a URL TensorFlow reads (gs://...); or a label file (CSV, JSON: path,label[,split]), such as `tlcli check --write-clean` writes. With --resume: where the run's images are now, if they moved. With --config: default, the run's.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder, with its own settings.", show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option(help="fast, default or best: a measured trade-off between time and accuracy (see the README); flags given beside it win.", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option(help="fast or default: a measured trade-off between time and accuracy (see the README); flags given beside it win.", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Rerun the settings of a run's config.json (or run folder) in a new run; flags given beside it override them.", show_default=False)] = None,
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tlcli backbones`).")] = _default(TrainConfig, "backbone"),
     weights: Annotated[str, typer.Option(help="imagenet, none, or a path to a weights file for the backbone.")] = _default(TrainConfig, "weights"),
