@@ -339,3 +339,17 @@ def test_a_multi_label_model_keras_reproduces_the_figures_at_its_thresholds(mult
     metrics = json.loads((multilabel_run / "metrics.json").read_text())
     assert np.mean(2 * tp / (2 * tp + fp + fn)) == pytest.approx(metrics["val_macro_f1"])
     assert np.mean((predicted == truth).all(1)) == pytest.approx(metrics["val_exact_match"])
+
+
+def test_quiet_multi_label_training_prints_nothing(shapes_csv, tmp_path):
+    """--quiet is silent down to native code: the mAP metric's bool ops make oneDNN log a line
+    ("supports DT_BOOL only on platforms with AVX-512") on CPUs without AVX-512."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tlcli", "train", str(shapes_csv), "--label-delimiter", ";",
+                           "--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "1",
+                           "--fine-tune-epochs", "1", "--cache-views", "1", "--no-augment",
+                           "--project", str(tmp_path), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, proc.stderr) == ("", "")

@@ -45,7 +45,7 @@ from tlcli.model import (build_classifier, count_params, head_model, load_classi
                          unfreeze_top)
 from tlcli.callbacks import (BestKeeper, EpochBars, EpochCheckpoint, HistoryRecorder, Patience, StopCheck,
                              save_checkpoint, stopped_early, write_history)
-from tlcli.progress import make_progress
+from tlcli.progress import make_progress, quiet_native_output
 from tlcli.shard import features_dataset, files_dataset, steps_per_epoch, views_dataset
 from tlcli.rundir import create_run_dir, write_json, write_text
 from tlcli.tensorboard import EpochEvents, EventLog
@@ -291,7 +291,7 @@ def _phase1(s: Session, keeper: BestKeeper, pooled, weights) -> keras.Model:
         fit_args = dict(x=features_dataset(train_x, y, sample_weights, worker_batch, config.seed),
                         steps_per_epoch=steps)
     start = time.perf_counter()
-    with make_progress(s.console, s.quiet) as progress:
+    with make_progress(s.console, s.quiet) as progress, quiet_native_output():
         trainer.fit(
             **fit_args, epochs=config.epochs, initial_epoch=s.state["epoch"],
             validation_data=(val_x, s.targets(data.val.labels)), verbose=0,
@@ -355,7 +355,7 @@ def _phase2(s: Session, keeper: BestKeeper, trainer: keras.Model, activations, w
     resuming = s.resumed and s.state["phase"] == 2
     epochs_before = sum(1 for row in s.state["history"] if row["phase"] == 2)
     start = time.perf_counter()
-    with make_progress(s.console, s.quiet) as progress:
+    with make_progress(s.console, s.quiet) as progress, quiet_native_output():
         trainer.fit(
             train_data, validation_data=val_data,
             validation_batch_size=config.batch_size if isinstance(val_data, tuple) else None,
