@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -385,6 +386,10 @@ def test_check_command_pixels_mode_never_loads_tensorflow(planted, tmp_path):
     (["--features", "tiny"], "--features tiny: this backbone has no ImageNet weights"),
     (["--val-split", "1"], "--val-split must be above 0 and below 1"),
     (["--model", "nowhere"], "--model: 'nowhere' does not exist"),
+    (["--features", "none", "--label-delimiter", ";"], "is a folder, one label an image (its class folder): "
+                                                       "--multi-label and --label-delimiter need a label file"),
+    (["--features", "none", "--multi-label"], "is a folder, one label an image"),
+    (["--label-delimiter", ""], "--label-delimiter must be the character (or text) between labels"),
 ])
 def test_check_command_bad_input_is_one_line(cli, image_folder, tmp_path, args, message):
     result = cli(["check", image_folder, "-o", tmp_path / "out", *args])
@@ -413,3 +418,231 @@ def test_train_takes_the_clean_list(planted, planted_result, tmp_path):
                          fine_tune_epochs=0, batch_size=16, project=str(tmp_path / "runs"))
     metrics = train(config, quiet=True).metrics
     assert (metrics["n_train"], metrics["n_val"]) == (38, 17)  # 42 and 20, less the 2 copies and 5 moved
+
+
+# ---------------------------------------------------------------- multi-label
+
+SHAPE_COLOURS = {"circle": (220, 40, 40), "cross": (40, 170, 40), "square": (40, 70, 220),
+                 "triangle": (230, 200, 30)}  # sample_data/shapes.py's
+ORACLE_LABELS = ["circle", "cross", "square", "star", "triangle"]  # "star": in no image
+ORACLE_THRESHOLDS = [0.5, 0.4, 0.3, 0.5, 0.6]
+ON, OFF = 0.9375, 0.0625  # exact in binary: a label's mean over identical values is the value itself
+
+
+def read_labels(path: Path, delimiter: str = ";") -> dict[str, set[str]]:
+    """{absolute image path: its labels} of a path,label[,split] CSV (comment lines skipped),
+    read here with the csv module alone."""
+    import csv
+
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return {os.path.normpath(path.parent / row[0]): set(row[1].split(delimiter)) for row in csv.reader(lines[1:])}
+
+
+def colour_oracle(monkeypatch, multi_label: bool = True) -> None:
+    """Make every model tlcli opens a colour detector of the shapes: ON for each shape whose
+    colour covers 20 pixels or more of the image, OFF for the others."""
+    import tlcli.runtime
+
+    class Oracle(tlcli.runtime.Runner):
+        kind, uses_tensorflow = "tflite", False
+
+        def predict(self, images):
+            x = np.asarray(images, np.int16)
+            probs = np.full((len(x), len(self.labels)), OFF, np.float32)
+            for c, label in enumerate(self.labels):
+                if label in SHAPE_COLOURS:
+                    near = (np.abs(x - np.array(SHAPE_COLOURS[label])) <= 40).all(axis=-1)
+                    probs[near.sum(axis=(1, 2)) >= 20, c] = ON
+            return probs
+
+    monkeypatch.setattr(tlcli.runtime, "open_model", lambda ref: Oracle(ref))
+
+
+def fake_run(root: Path, multi_label: bool = True, delimiter: str | None = ";", data_dir: str = "") -> Path:
+    """A run folder that resolve_model takes (labels.txt, config.json, thresholds.json) whose
+    model.tflite is an empty file: `colour_oracle` answers for it. Returns the .tflite's path."""
+    root.mkdir(parents=True)
+    (root / "labels.txt").write_text("\n".join(ORACLE_LABELS) + "\n")
+    (root / "config.json").write_text(json.dumps({"data_dir": data_dir, "image_size": 64, "val_split": 0.2, "seed": 0,
+                                                  "multi_label": multi_label, "label_delimiter": delimiter}))
+    if multi_label:
+        (root / "thresholds.json").write_text(json.dumps({"labels": ORACLE_LABELS, "thresholds": ORACLE_THRESHOLDS}))
+    (root / "model.tflite").write_bytes(b"")
+    return root / "model.tflite"
+
+
+# (row of shapes_csv, label, how): a label the image has dropped from its row, or one it lacks added.
+FLIPS = [(0, "square", "drop"), (4, "square", "add"), (9, "triangle", "drop"), (17, "triangle", "add"),
+         (30, "cross", "add"), (45, "cross", "drop")]
+
+
+@pytest.fixture(scope="module")
+def noisy_shapes(shapes_csv, tmp_path_factory) -> tuple[Path, set]:
+    """shapes_csv's rows with FLIPS applied, as noisy.csv (absolute paths), and the flips as
+    {(image path, label, whether the file gives it)}."""
+    import csv
+
+    rows = list(csv.reader(shapes_csv.read_text().splitlines()))[1:]
+    planted = set()
+    for row, label, how in FLIPS:
+        labels = rows[row][1].split(";")
+        assert (label in labels) == (how == "drop") and (how == "add" or len(labels) > 1), (row, labels)
+        rows[row][1] = ";".join(l for l in labels if l != label) if how == "drop" else rows[row][1] + ";" + label
+        planted.add((os.path.normpath(shapes_csv.parent / rows[row][0]), label, how == "add"))
+    noisy = tmp_path_factory.mktemp("noisy") / "noisy.csv"
+    noisy.write_text("path,labels\n" + "".join(f"{shapes_csv.parent / p},{cell}\n" for p, cell in rows))
+    return noisy, planted
+
+
+def test_find_label_suspects_rule():
+    from tlcli.suspects import MARGIN, find_label_suspects
+
+    assert MARGIN == 0.6  # the figures below are worked out for it
+    thresholds = [0.5, 0.4, 0.5]  # so a given label is in doubt under 0.2, 0.16; a missing one over 0.8, 0.76
+    given = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    probs = np.array([[0.9, 0.1, 0.99], [0.85, 0.7, 0.99], [0.1, 0.9, 0.99],
+                      [0.05, 0.1, 0.99],  # 0 given at 0.05: in doubt, 0.9 of the way from its threshold to 0
+                      [0.9, 0.8, 0.99],  # 0 missing at 0.9 (over its mean on images with it, 0.6): in doubt, 0.8
+                      [0.3, 0.1, 0.99],  # 0 given at 0.3: under its threshold but not far enough
+                      [0.78, 0.5, 0.99],  # 0 missing at 0.78: likewise
+                      [0.9, 0.97, 0.99]])  # 1 missing at 0.97: in doubt, 0.95 of the way to 1
+    # Label 2 is on no image: its 0.99 everywhere puts nothing in doubt.
+    assert find_label_suspects(probs, given, thresholds) == [(7, [1]), (3, [0]), (4, [0])]
+    typical = probs.copy()
+    typical[[2, 4, 6], 0] = 0.01  # the images without label 0 now score it under 0.05: row 3's is usual
+    assert find_label_suspects(typical, given, thresholds) == [(7, [1])]
+    twice = probs.copy()
+    twice[3, 1] = 0.99  # row 3 also misses label 1, surer (0.98 of the way) than its label 0
+    assert find_label_suspects(twice, given, thresholds) == [(3, [1, 0]), (7, [1]), (4, [0])]
+
+
+def test_multi_label_model_finds_the_flipped_labels(cli, noisy_shapes, monkeypatch, tmp_path):
+    """--model of a multi-label run: the run's delimiter reads the file; the flipped labels, and
+    nothing else, are in doubt; the clean list reads back with train's --label-delimiter."""
+    from tlcli.data import find_folder
+
+    noisy, planted = noisy_shapes
+    colour_oracle(monkeypatch)
+    model = fake_run(tmp_path / "run")
+    args = ["check", noisy, "--model", model, "-o", tmp_path / "out", "--write-clean", tmp_path / "clean.csv"]
+    report = json.loads(cli([*args, "--json"]).stdout)
+    assert (report["multi_label"], report["label_delimiter"], report["classes"]) == (
+        True, ";", ["circle", "cross", "square", "triangle"])
+    found = {(s["path"], d["label"], d["given"]) for s in report["suspects"] for d in s["disputed"]}
+    assert found == planted
+    truth = read_labels(noisy)
+    for s in report["suspects"]:
+        flip = next((label, given) for path, label, given in planted if path == s["path"])
+        assert set(s["likely"]) == truth[s["path"]] ^ {flip[0]}  # the image's own shapes
+        d = s["disputed"][0]
+        assert (d["probability"], d["threshold"]) == (OFF if d["given"] else ON,
+                                                      ORACLE_THRESHOLDS[ORACLE_LABELS.index(d["label"])])
+    assert "no image here has the model's label(s) star: not judged." in report["notes"]
+    assert Image.open(tmp_path / "out" / "suspects.png").format == "PNG"
+
+    clean = tmp_path / "clean.csv"
+    folder = find_folder(clean, label_delimiter=";")
+    kept = {p: {folder.class_names[c] for c in np.flatnonzero(row)}
+            for split in (folder.train, folder.val) for p, row in zip(split.paths, split.labels)}
+    assert folder.multi_label and len(kept) >= 100
+    assert not {path for path, _, _ in planted} & set(kept)
+    assert all(kept[p] == truth[p] for p in kept)
+
+    import tlcli.cli_check
+    from rich.console import Console
+
+    monkeypatch.setattr(tlcli.cli_check, "out", Console(width=200))  # table cells unwrapped
+    table = " ".join(cli(args).stdout.split())
+    for text in (f"{len(planted)} likely label error(s)", "in doubt", "triangle: not labelled, 94% (threshold 60%)",
+                 "cross: labelled, 6% (threshold 40%)", f"tlcli train {clean} --label-delimiter ';'"):
+        assert text in table, text
+
+
+def test_multi_label_health_counts_each_label(shapes_csv, tmp_path):
+    """Images per label and split, labels per image and the per-label warnings, from a CSV with
+    --label-delimiter and from JSON label lists (multi-label by themselves)."""
+    import csv
+    from collections import Counter
+
+    from tlcli.check import check_folder
+    from tlcli.suspects import NO_MODEL_MULTILABEL
+
+    rows = [(str(shapes_csv.parent / p), cell.split(";"), "train" if i < 30 else "val")
+            for i, (p, cell) in enumerate(list(csv.reader(shapes_csv.read_text().splitlines()))[1:41])]
+    (tmp_path / "rows.csv").write_text("path,labels,split\n" + "".join(f"{p},{';'.join(l)},{s}\n" for p, l, s in rows))
+    (tmp_path / "rows.json").write_text(json.dumps([{"path": p, "labels": [*l, "any"], "split": s} for p, l, s in rows]))
+    counted = Counter((label, split) for _, labels, split in rows for label in labels)
+
+    result = check_folder(tmp_path / "rows.csv", features="none", output=tmp_path / "out", quiet=True,
+                          label_delimiter=";")
+    h = result.health
+    assert result.multi_label and result.class_names == ["circle", "cross", "square", "triangle"]
+    assert h["classes"] == {name: {s: counted[name, s] for s in ("train", "val")} for name in result.class_names}
+    assert h["labels_per_image"] == {str(n): k for n, k in sorted(Counter(len(l) for _, l, _ in rows).items())}
+    assert h["few_val"] == {"cross": 4, "triangle": 3}  # rows 30-39 of shapes_csv
+    assert "2 label(s) on under 5 validation images (each label's threshold is tuned on them): cross (4), " \
+           "triangle (3)" in h["warnings"]
+    assert result.suspects == [] and NO_MODEL_MULTILABEL in result.notes
+
+    listed = check_folder(tmp_path / "rows.json", features="none", output=tmp_path / "out", quiet=True)
+    assert listed.multi_label and listed.class_names == ["any", "circle", "cross", "square", "triangle"]
+    assert listed.health["classes"]["any"] == {"train": 30, "val": 10}
+    assert {k: v for k, v in listed.health["classes"].items() if k != "any"} == h["classes"]
+    assert "label(s) on every training image, which the model can only learn to always say: any" in \
+        listed.health["warnings"]
+
+
+@pytest.mark.parametrize("layout, flags, joiner", [
+    ("long", ["--multi-label"], ";"),  # one row per image and label
+    ("pipe", ["--label-delimiter", "|"], "|"),
+    ("long", ["--model"], ";"),  # a run that read a long file: --multi-label by default
+])
+def test_multi_label_clean_list_reads_back(cli, shapes_csv, monkeypatch, tmp_path, layout, flags, joiner):
+    """--write-clean of a multi-label file: every kept image with the same labels, read as
+    `tlcli train LIST --label-delimiter JOINER` reads it; the summary says so."""
+    import csv
+
+    from tlcli.data import find_folder
+
+    listed = list(csv.reader(shapes_csv.read_text().splitlines()))[1:31]
+    rows = [(str(shapes_csv.parent / p), cell.split(";")) for p, cell in listed]
+    data = tmp_path / "rows.csv"
+    if layout == "long":
+        data.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, labels in rows for label in labels))
+    else:
+        data.write_text("path,labels\n" + "".join(f"{p},{'|'.join(labels)}\n" for p, labels in rows))
+    if flags == ["--model"]:
+        colour_oracle(monkeypatch)
+        flags = ["--model", fake_run(tmp_path / "run", delimiter=None)]
+    clean = tmp_path / "clean.csv"
+    result = cli(["check", data, *flags, "--features", "none", "-o", tmp_path / "out", "--write-clean", clean])
+    assert result.exit_code == 0, result.output
+    command = f"tlcli train {clean} --label-delimiter '{joiner}'"
+    assert command in " ".join(result.stdout.split()) and command in clean.read_text().splitlines()[1]
+    folder = find_folder(clean, label_delimiter=joiner)
+    kept = {p: {folder.class_names[c] for c in np.flatnonzero(row)}
+            for split in (folder.train, folder.val) for p, row in zip(split.paths, split.labels)}
+    assert len(kept) >= 25 and all(kept[p] == set(labels) for p, labels in rows if p in kept)
+
+
+def test_multi_label_file_and_single_label_model_is_one_line(cli, noisy_shapes, monkeypatch, tmp_path):
+    colour_oracle(monkeypatch)
+    model = fake_run(tmp_path / "run", multi_label=False)
+    result = cli(["check", noisy_shapes[0], "--model", model, "--label-delimiter", ";", "-o", tmp_path / "out"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"gives images several labels and '{model}' gives one class per image" in result.stderr
+
+
+def test_check_follows_a_multi_label_runs_reading(cli, fixed_multilabel_run, tmp_path):
+    """A real multi-label run (a Keras model): its config.json's delimiter reads its label file."""
+    from collections import Counter
+
+    from conftest import FIXED_LABELS, FIXED_ROWS
+
+    data = json.loads((fixed_multilabel_run / "config.json").read_text())["data_dir"]
+    result = cli(["check", data, "--model", fixed_multilabel_run, "-o", tmp_path / "out", "--json"])
+    report = json.loads(result.stdout)
+    assert (report["multi_label"], report["label_delimiter"], report["classes"]) == (True, ";", list(FIXED_LABELS))
+    counted = Counter((label, split) for _, cell, split in FIXED_ROWS for label in cell.split(";"))
+    assert report["health"]["classes"] == {name: {s: counted[name, s] for s in ("train", "val", "test")}
+                                           for name in FIXED_LABELS}

@@ -6,6 +6,9 @@
     likely label errors (tlcli.suspects) -> folder health (tlcli.health) -> check.json,
     duplicates.png, suspects.png (tlcli.check_report)
 
+A multi-label label file (--label-delimiter, --multi-label, or the --model run's setting) is
+read as `tlcli train` reads it, and counted and judged label by label.
+
 The user's files are only read. `quick_check` is the cheap part `tlcli train` runs: exact
 duplicates and leakage, by file sizes and content hashes, no decoding. Nothing here imports
 TensorFlow unless a backbone or a --model is used.
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcli import check_report, fs, similarity, suspects
-from tlcli.data import SPLIT_NAMES, ImageFolder, find_folder
+from tlcli.data import SPLIT_NAMES, ImageFolder, find_folder, is_file_list
 from tlcli.errors import TlcliError
 from tlcli.health import folder_health
 from tlcli.images import decode_batches
@@ -40,10 +43,12 @@ class CheckResult:
 
     data_dir: str
     class_names: list[str]
-    files: list[dict]  # per image: path, split, class
+    files: list[dict]  # per image: path, split, class (a multi-label image's labels joined), labels
     exact: list[dict]  # groups: {"kinds": [...], "members": [file index, ...]}
     near: list[dict]  # groups as exact, plus "pairs": [[i, j, pHash bits, cosine or None], ...]
-    suspects: list[dict]  # {"index", "given", "likely", "p_given", "p_likely"}, surest first
+    # {"index", "given", "likely", "p_given", "p_likely"}, surest first; multi-label: {"index",
+    # "given", "likely" (label lists), "disputed": [{"label", "given", "probability", "threshold"}]}
+    suspects: list[dict]
     health: dict
     features: str  # what the label check used: a backbone, "pixels", "model: PATH", or "none"
     unreadable: list[int] = field(default_factory=list)  # indices into files
@@ -53,12 +58,15 @@ class CheckResult:
     seconds: dict = field(default_factory=dict)
     out_dir: Path | None = None
     written: dict = field(default_factory=dict)  # {"check.json": path, ...}
+    multi_label: bool = False  # each image has a set of labels, judged and counted label by label
+    label_delimiter: str | None = None  # what split a multi-label file's label cells, if anything did
 
     def issues(self) -> list[str]:
         """One line per kind of problem found, worst first; empty for a clean folder."""
         lines = []
         for name, groups in (("exact duplicate", self.exact), ("near-duplicate", self.near)):
-            for kind, what in (("leakage", "across splits (leakage)"), ("cross-class", "filed under two classes"),
+            mixed = "with different labels" if self.multi_label else "filed under two classes"
+            for kind, what in (("leakage", "across splits (leakage)"), ("cross-class", mixed),
                                ("within-class", "within one class")):
                 n = sum(1 for g in groups if kind in g["kinds"])
                 if n:
@@ -73,6 +81,7 @@ class CheckResult:
 
         return {
             "data_dir": self.data_dir, "classes": self.class_names, "n_images": len(self.files),
+            "multi_label": self.multi_label, **({"label_delimiter": self.label_delimiter} if self.multi_label else {}),
             "issues": self.issues(), "features": self.features,
             "exact_duplicates": [members(g) for g in self.exact],
             "near_duplicates": [{**members(g), "pairs": [[self.files[i]["path"], self.files[j]["path"], d, c]
@@ -113,7 +122,8 @@ def quick_check(data_dir, folder: ImageFolder | None = None) -> str | None:
 
 def check_folder(data_dir, model=None, features: str = FEATURES, val_split: float | None = None,
                  seed: int | None = None, output=None, write_clean=None, batch_size: int = 32,
-                 console=None, quiet: bool = False, columns=None) -> CheckResult:
+                 console=None, quiet: bool = False, columns=None, label_delimiter: str | None = None,
+                 multi_label: bool = False) -> CheckResult:
     """Check DATA_DIR (class folders, or train/ val/ test/) split as training would split it.
 
     `model`: a ModelRef (rundir.resolve_model) whose probabilities judge the labels, and whose
@@ -121,7 +131,9 @@ def check_folder(data_dir, model=None, features: str = FEATURES, val_split: floa
     backbone name (ImageNet weights). Writes check.json and the contact sheets to `output`
     (default: <run>/check with a model in a run, else ./check) and, with `write_clean`, the
     list of files to keep (see check_report.write_clean_list). `columns`: a label file's
-    (tlcli.labelfile.Columns), when not found by name.
+    (tlcli.labelfile.Columns), when not found by name. `label_delimiter`, `multi_label`: a
+    multi-label file, read as `tlcli train` reads it (default: as the `model`'s run read its own);
+    its images are counted and judged label by label.
     """
     from rich.console import Console
 
@@ -133,11 +145,13 @@ def check_folder(data_dir, model=None, features: str = FEATURES, val_split: floa
     run_config = _run_config(model)
     val_split = float(run_config.get("val_split", 0.2)) if val_split is None else val_split
     seed = int(run_config.get("seed", 0)) if seed is None else seed
-    folder = find_folder(data_dir, val_split, seed, columns=columns)
+    label_delimiter, multi_label = _label_reading(data_dir, model, run_config, label_delimiter, multi_label)
+    folder = find_folder(data_dir, val_split, seed, columns=columns, label_delimiter=label_delimiter,
+                         multi_label=multi_label)
     out_dir = check_report.output_folder(data_dir, output, model)
     if write_clean is not None:
         check_report.check_list_target(write_clean)
-    files = _files(folder)
+    files = _files(folder, label_delimiter)
     paths = [f["path"] for f in files]
     notes = list(folder.warnings)
     if folder.skipped:  # a label file's bad rows
@@ -152,6 +166,9 @@ def check_folder(data_dir, model=None, features: str = FEATURES, val_split: floa
 
         runner = open_model(model)
         features = f"model: {model.path}"
+        if folder.multi_label and not getattr(runner, "multi_label", False):
+            raise TlcliError(f"{data_dir} gives images several labels and '{model.path}' gives one class per "
+                             "image: check it with a multi-label model, or without --model.")
     sizes = {embed_size or PIXEL_SIZE}
     if runner is not None:
         sizes = {runner.image_size} if embed_size is None else sizes | {runner.image_size}
@@ -176,17 +193,23 @@ def check_folder(data_dir, model=None, features: str = FEATURES, val_split: floa
     seconds["duplicates"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    found = []
-    if runner is not None:
-        found = suspects.from_model(files, decoded["probs"], runner.labels, decoded["ok"], notes,
-                                    trained_on=_same_data(run_config.get("data_dir"), data_dir))
+    found, trained_on = [], _same_data(run_config.get("data_dir"), data_dir)
+    if runner is not None and getattr(runner, "multi_label", False):
+        found = suspects.from_multilabel_model(files, decoded["probs"], runner.labels, runner.thresholds,
+                                               decoded["ok"], notes, trained_on)
+    elif runner is not None:
+        found = suspects.from_model(files, decoded["probs"], runner.labels, decoded["ok"], notes, trained_on)
+    elif folder.multi_label:
+        notes.append(suspects.NO_MODEL_MULTILABEL)
     elif decoded["features"] is not None:
         found = suspects.from_features(files, folder.class_names, decoded["features"], decoded["ok"], seed, notes)
     seconds["labels"] = time.perf_counter() - mark
 
     health = folder_health(folder, files, headers, decoded, val_split)
     result = CheckResult(str(data_dir), folder.class_names, files, exact, near, found, health, features,
-                         sorted(decoded["failed"]), folder.skipped, folder.drawn_from, notes, seconds, out_dir)
+                         sorted(decoded["failed"]), folder.skipped, folder.drawn_from, notes, seconds, out_dir,
+                         multi_label=folder.multi_label,
+                         label_delimiter=label_delimiter if folder.multi_label else None)
     mark = time.perf_counter()
     check_report.write_outputs(result, write_clean)
     seconds["write"] = time.perf_counter() - mark
@@ -209,25 +232,40 @@ def _run_config(model) -> dict:
         return {}
 
 
+def _label_reading(data_dir, model, run_config: dict, label_delimiter: str | None,
+                   multi_label: bool) -> tuple[str | None, bool]:
+    """(label delimiter, multi_label) to read DATA_DIR with: as given, else, for a label file and
+    a multi-label `model`, its run's delimiter, and --multi-label when the run read a "long" file
+    (no delimiter). A folder of classes gets only what was given: find_folder refuses that."""
+    check_label_delimiter(label_delimiter)
+    if model is None or not model.multi_label or not is_file_list(data_dir) or label_delimiter is not None:
+        return label_delimiter, multi_label
+    delimiter = run_config.get("label_delimiter")
+    return delimiter, multi_label or (bool(run_config.get("multi_label")) and delimiter is None)
+
+
 def _same_data(a, b) -> bool:
     if not a or fs.is_url(str(a)) or fs.is_url(str(b)):
         return str(a).rstrip("/") == str(b).rstrip("/")
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _files(folder: ImageFolder) -> list[dict]:
-    """One row per image of every split, train first: path (as found), split, class (a
-    multi-label image's labels joined by ';')."""
-    def name(label) -> str:
+def _files(folder: ImageFolder, delimiter: str | None = None) -> list[dict]:
+    """One row per image of every split, train first: path (as found), split, class, and labels:
+    [class], or a multi-label image's labels (in class order; "class" holds them joined by
+    `delimiter`, or ';')."""
+    def names(label) -> list[str]:
         if np.ndim(label) == 0:
-            return folder.class_names[int(label)]
-        return ";".join(c for c, on in zip(folder.class_names, label) if on)
+            return [folder.class_names[int(label)]]
+        return [c for c, on in zip(folder.class_names, label) if on]
 
     rows = []
     for split in SPLIT_NAMES:
         part = getattr(folder, split)
         if part is not None:
-            rows += [{"path": p, "split": split, "class": name(label)} for p, label in zip(part.paths, part.labels)]
+            for path, label in zip(part.paths, part.labels):
+                found = names(label)
+                rows.append({"path": path, "split": split, "class": (delimiter or ";").join(found), "labels": found})
     return rows
 
 
@@ -260,6 +298,12 @@ def check_features(features: str) -> None:
     if not BACKBONES[features].pretrained:
         raise TlcliError(f"--features {features}: this backbone has no ImageNet weights; "
                          f"use auto, pixels, none or a pretrained backbone (e.g. {DEFAULT_BACKBONE}).")
+
+
+def check_label_delimiter(label_delimiter: str | None) -> None:
+    """Refuse an empty --label-delimiter in one line, as `tlcli train` does."""
+    if label_delimiter == "":
+        raise TlcliError("--label-delimiter must be the character (or text) between labels, e.g. ';'; not empty.")
 
 
 def needs_tensorflow(features: str, model=None) -> bool:

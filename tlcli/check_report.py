@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -69,9 +70,11 @@ def save_json(result) -> Path:
 
 
 def _shown_path(path: str, data_dir: str) -> str:
-    """A file's path relative to DATA_DIR when inside it: the part that tells images apart."""
-    if not fs.is_url(path) and os.path.isdir(data_dir):
-        relative = os.path.relpath(path, data_dir)
+    """A file's path relative to DATA_DIR (a label file's folder) when inside it: the part that
+    tells images apart."""
+    base = data_dir if fs.is_url(data_dir) or os.path.isdir(data_dir) else os.path.dirname(os.path.abspath(data_dir))
+    if not fs.is_url(path) and os.path.isdir(base):
+        relative = os.path.relpath(path, base)
         if not relative.startswith(".."):
             return printable_path(relative)
     return printable_path(path)
@@ -101,13 +104,24 @@ def duplicate_tiles(result) -> list[tuple[str, list[str]]]:
 
 def suspect_tiles(result) -> list[tuple[str, list[str]]]:
     """(file, caption) for each likely label error, surest first: the class it is filed under
-    and the likely one, with their probabilities."""
+    and the likely one, with their probabilities; or a multi-label image's labels and each label
+    in doubt, given or not, with its probability."""
     tiles = []
     for s in result.suspects:
         f = result.files[s["index"]]
-        tiles.append((f["path"], [_shown_path(f["path"], result.data_dir), f"filed: {s['given']} {s['p_given']:.0%}",
-                                  f"likely: {s['likely']} {s['p_likely']:.0%}"]))
+        if "disputed" in s:
+            lines = [f"labelled: {f['class'] or 'none'}", *(disputed_text(d) for d in s["disputed"][:3])]
+        else:
+            lines = [f"filed: {s['given']} {s['p_given']:.0%}", f"likely: {s['likely']} {s['p_likely']:.0%}"]
+        tiles.append((f["path"], [_shown_path(f["path"], result.data_dir), *lines]))
     return tiles
+
+
+def disputed_text(doubt: dict, threshold: bool = False) -> str:
+    """"square: labelled, 3%" or "triangle: not labelled, 97%": a label in doubt and how sure
+    the evidence is; with `threshold`, the label's threshold too."""
+    bar = f" (threshold {doubt['threshold']:.0%})" if threshold else ""
+    return f"{doubt['label']}: {'labelled' if doubt['given'] else 'not labelled'}, {doubt['probability']:.0%}{bar}"
 
 
 # ---------------------------------------------------------------- the clean list
@@ -124,14 +138,16 @@ def left_out(result) -> dict[int, str]:
             members = group["members"]
             if "cross-class" in group["kinds"]:
                 for i in members:
-                    why.setdefault(i, f"{how} duplicate filed under two classes")
+                    why.setdefault(i, f"{how} duplicate " + ("with different labels" if result.multi_label
+                                                             else "filed under two classes"))
                 continue
             keep = min(members, key=lambda i: (rank[result.files[i]["split"]], i))
             for i in members:
                 if i != keep:
                     why.setdefault(i, f"{how} duplicate of {printable_path(result.files[keep]['path'])}")
     for s in result.suspects:
-        why.setdefault(s["index"], f"likely label error: looks like {s['likely']}")
+        likely = "; ".join(map(disputed_text, s["disputed"])) if "disputed" in s else f"looks like {s['likely']}"
+        why.setdefault(s["index"], f"likely label error: {likely}")
     return why
 
 
@@ -156,6 +172,7 @@ def write_clean_list(result, path) -> Path:
     Only a missing file or an earlier file list is overwritten."""
     path = check_list_target(path)
     dropped = left_out(result)
+    joiner = clean_list_delimiter(result)
     # A val split drawn by --val-split goes back to the rows it was drawn from: train re-draws it.
     drawn = {"val": result.drawn_from} if result.drawn_from else {}
     rows = []
@@ -163,7 +180,7 @@ def write_clean_list(result, path) -> Path:
         if i not in dropped:
             name = f["path"] if fs.is_url(f["path"]) else os.path.abspath(f["path"])
             split = "" if result.drawn_from == "all" else drawn.get(f["split"], f["split"])
-            rows.append([printable_path(name), f["class"], split])
+            rows.append([printable_path(name), joiner.join(f["labels"]) if joiner else f["class"], split])
     reasons: dict[str, int] = {}
     for why in dropped.values():
         key = why.split(" of ")[0].split(":")[0]
@@ -173,12 +190,34 @@ def write_clean_list(result, path) -> Path:
     text.write(f"{LIST_HEADER}: a label file (CSV after these comment lines); `tlcli train` takes it in place "
                "of DATA_DIR\n")
     text.write(f"# written by tlcli check {printable_path(result.data_dir)} on {time.strftime('%Y-%m-%d %H:%M')}: "
-               f"{len(rows)} of {len(result.files)} images; left out: {summary}\n")
+               f"{len(rows)} of {len(result.files)} images; left out: {summary}"
+               + (f"; labels joined by '{joiner}': {train_command(result, path)}" if joiner else "") + "\n")
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
     writer.writerows(rows)
     write_text(path, text.getvalue())
     return path
+
+
+def clean_list_delimiter(result) -> str | None:
+    """What joins a multi-label image's labels in the clean list (None: one label a row): the
+    delimiter DATA_DIR was read with, else the first of ; | + / that no label holds."""
+    if not result.multi_label:
+        return None
+    if result.label_delimiter:
+        return result.label_delimiter
+    return next((mark for mark in ";|+/" if not any(mark in name for name in result.class_names)), ";")
+
+
+def train_command(result, path) -> str:
+    """`tlcli train LIST`, with what reads a multi-label list back: its delimiter, and
+    --multi-label when no image kept has two labels (the delimiter alone would not turn it on)."""
+    joiner = clean_list_delimiter(result)
+    if joiner is None:
+        return f"tlcli train {path}"
+    dropped = left_out(result)
+    several = any(len(f["labels"]) > 1 for i, f in enumerate(result.files) if i not in dropped)
+    return f"tlcli train {path} --label-delimiter {shlex.quote(joiner)}" + ("" if several else " --multi-label")
 
 
 # ---------------------------------------------------------------- the terminal
@@ -190,38 +229,40 @@ def summary(result) -> list:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"Check of {result.data_dir}: {len(result.files)} images, "
-                               f"{len(result.class_names)} classes"), show_header=False, title_justify="left")
+    kind = "label" if result.multi_label else "class"
+    table = Table(title=escape(f"Check of {result.data_dir}: {len(result.files)} images, {len(result.class_names)} "
+                               + ("labels (multi-label)" if result.multi_label else "classes")),
+                  show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for name, groups in (("exact duplicates", result.exact), ("near-duplicates", result.near)):
         kinds = {k: sum(1 for g in groups if k in g["kinds"]) for k in ("leakage", "cross-class", "within-class")}
         detail = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
         table.add_row(name, f"{len(groups)} group(s)" + (f" ({detail})" if detail else ""))
-    judged = "not checked" if result.features == "none" else f"{len(result.suspects)}"
-    table.add_row("likely label errors", f"{judged}  [dim](by {escape(result.features)})[/]")
+    # A multi-label file is judged by a model alone (tlcli.suspects.NO_MODEL_MULTILABEL).
+    unjudged = result.features == "none" or (result.multi_label and not result.features.startswith("model: "))
+    judged = f"{len(result.suspects)}  [dim](by {escape(result.features)})[/]"
+    if unjudged:
+        judged = "not checked" + ("  [dim](multi-label: needs --model)[/]" if result.multi_label else "")
+    table.add_row("likely label errors", judged)
     h = result.health
     table.add_row("unreadable files", str(len(h["unreadable"])))
     table.add_row("tiny / oblong images", f"{len(h['tiny'])} / {len(h['extreme_aspect'])}")
     table.add_row("greyscale images", f"{h['grey']['count']} ({h['grey']['share']:.0%})")
-    table.add_row("imbalance (largest / smallest class)", f"{h['imbalance']:g}")
+    table.add_row(f"imbalance (largest / smallest {kind})", f"{h['imbalance']:g}")
+    if "labels_per_image" in h:
+        table.add_row("labels per image", labels_per_image_text(h["labels_per_image"]))
     table.add_row("seconds", f"{result.seconds.get('total', 0):.1f}")
 
-    classes = Table(title="Images per class (readable)", title_justify="left")
+    classes = Table(title=f"Images per {kind} (readable)", title_justify="left")
     splits = list(next(iter(h["classes"].values())))
-    for column in ["class", *splits, "grey"]:
-        classes.add_column(column, justify="left" if column == "class" else "right")
+    for column in [kind, *splits, "grey"]:
+        classes.add_column(column, justify="left" if column == kind else "right")
     for name, counts in h["classes"].items():
         classes.add_row(escape(name), *(str(counts[s]) for s in splits), str(h["grey"]["by_class"][name]))
     parts = [table, classes]
     if result.suspects:
-        worst = Table(title=f"Surest likely label errors (all {len(result.suspects)} in {JSON})", title_justify="left")
-        for column in ("file", "filed under", "likely"):
-            worst.add_column(column, overflow="fold")
-        for s in result.suspects[:10]:
-            worst.add_row(escape(_shown_path(result.files[s["index"]]["path"], result.data_dir)),
-                          f"{escape(s['given'])} {s['p_given']:.0%}", f"{escape(s['likely'])} {s['p_likely']:.0%}")
-        parts.append(worst)
+        parts.append(_suspects_table(result))
     for issue in result.issues():
         parts.append(f"[yellow]*[/] {escape(issue)}")
     if not result.issues():
@@ -233,5 +274,34 @@ def summary(result) -> list:
     if "clean_list" in result.written:
         kept = len(result.files) - len(left_out(result))
         parts.append(escape(f"Wrote {result.written['clean_list']}: {kept} of {len(result.files)} images; "
-                            f"train on it with: tlcli train {result.written['clean_list']}"))
+                            f"train on it with: {train_command(result, result.written['clean_list'])}"))
     return parts
+
+
+def labels_per_image_text(counts: dict[str, int]) -> str:
+    """"1.9 on average (33 with 1, 49 with 2)" from {"1": 33, "2": 49}."""
+    images = sum(counts.values())
+    mean = sum(int(n) * count for n, count in counts.items()) / max(images, 1)
+    return f"{mean:.1f} on average ({', '.join(f'{count} with {n}' for n, count in counts.items())})"
+
+
+def _suspects_table(result):
+    """The surest likely label errors: each file's class and the likely one, or a multi-label
+    image's labels, the labels in doubt and the labels the evidence gives it."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"Surest likely label errors (all {len(result.suspects)} in {JSON})", title_justify="left")
+    by_label = "disputed" in result.suspects[0]  # a multi-label model judges even one label an image so
+    columns = ("file", "labelled", "in doubt", "likely labels") if by_label else ("file", "filed under", "likely")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for s in result.suspects[:10]:
+        f = result.files[s["index"]]
+        if "disputed" in s:
+            cells = [f["class"] or "none", "\n".join(disputed_text(d, threshold=True) for d in s["disputed"]),
+                     ", ".join(s["likely"]) or "none"]
+        else:
+            cells = [f"{s['given']} {s['p_given']:.0%}", f"{s['likely']} {s['p_likely']:.0%}"]
+        table.add_row(escape(_shown_path(f["path"], result.data_dir)), *map(escape, cells))
+    return table

@@ -28,6 +28,8 @@ def check(
     seed: Annotated[Optional[int], typer.Option(help="Seed of that split (default: the --model run's, else 0).", rich_help_panel="Data", show_default=False)] = None,
     path_column: PathColumn = None,
     label_column: LabelColumn = None,
+    label_delimiter: Annotated[Optional[str], typer.Option(help="Split a label file's label cells at this text into several labels, e.g. ';' for beach;sunset, as `tlcli train` does: counts, health and (with --model) label errors then go label by label (default: the --model run's).", rich_help_panel="Data", show_default=False)] = None,
+    multi_label: Annotated[bool, typer.Option("--multi-label", help="Each image may have several labels: a label file may list an image on several rows, one per label, as for `tlcli train --multi-label` (default: the --model run's).", rich_help_panel="Data")] = False,
     batch_size: BatchSize = 32,
     as_json: AsJson = False,
     quiet: Quiet = False,
@@ -42,12 +44,19 @@ def check(
     Also: unreadable files, class counts, tiny or oblong images, greyscale images, classes
     short of validation images.
 
+    A multi-label label file (--label-delimiter, --multi-label, or the --model run's setting)
+    is counted label by label; with --model of a multi-label run, each image's labels are judged
+    one by one: a given label the model finds very unlikely, or a missing one it is sure of, at
+    the run's thresholds.
+
     Writes check.json and contact sheets (duplicates.png, suspects.png: each image with its
     path and labels); DATA_DIR is only read. --write-clean LIST writes the files to keep.
 
     Example: [bold]tlcli check ./flowers --write-clean clean.txt && tlcli train clean.txt[/]
+
+    Example: [bold]tlcli check labels.csv --label-delimiter ';' --model runs/train[/]
     """
-    from tlcli.check import check_features, needs_tensorflow
+    from tlcli.check import check_features, check_label_delimiter, needs_tensorflow
 
     check_options(batch_size=batch_size)
     if val_split is not None:
@@ -55,6 +64,7 @@ def check(
     if seed is not None:
         check_options(seed=seed)
     check_features(features)
+    check_label_delimiter(label_delimiter)
     ref = None
     if model is not None:
         from tlcli.rundir import resolve_model
@@ -66,7 +76,8 @@ def check(
     from tlcli.check_report import summary
 
     result = check_folder(data_dir, ref, features, val_split, seed, output, write_clean, batch_size, console=err,
-                          quiet=quiet or as_json, columns=Columns(path_column, label_column))
+                          quiet=quiet or as_json, columns=Columns(path_column, label_column),
+                          label_delimiter=label_delimiter, multi_label=multi_label)
     if as_json:
         print(json.dumps(result.to_dict()))
     elif not quiet:

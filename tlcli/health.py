@@ -1,6 +1,7 @@
-"""Folder health, for `tlcli check`: images per class and split, imbalance, unreadable, tiny,
-oblong and greyscale images, classes short of validation images.
+"""Folder health, for `tlcli check`: images per class (or per label) and split, imbalance,
+unreadable, tiny, oblong and greyscale images, classes short of validation images.
 
+A multi-label dataset is counted label by label: an image counts once under each of its labels.
 Reads the findings of tlcli.check's decode pass: decodes nothing itself.
 """
 
@@ -17,12 +18,15 @@ MIN_VAL = 5  # validation images per class below which its accuracy is noise
 
 def folder_health(folder: ImageFolder, files: list[dict], headers: list, decoded: dict, val_split: float) -> dict:
     """Class counts per split, imbalance, unreadable files, tiny and oddly shaped images, grey
-    images and classes short of validation images; "warnings" has one line for each problem."""
+    images and classes short of validation images; "warnings" has one line for each problem.
+    `files`: a dict per image with its "split" and "labels" (one, or a multi-label image's)."""
     ok, warnings = decoded["ok"], []
+    multi = folder.multi_label
     counts = {name: {split: 0 for split in SPLIT_NAMES if getattr(folder, split) is not None}
               for name in folder.class_names}
     for i, f in enumerate(files):
-        counts[f["class"]][f["split"]] += int(ok[i])
+        for label in f["labels"]:
+            counts[label][f["split"]] += int(ok[i])
     unreadable = [{"path": printable_path(files[i]["path"]), "reason": reason}
                   for i, reason in sorted(decoded["failed"].items())]
     if unreadable:
@@ -31,9 +35,17 @@ def folder_health(folder: ImageFolder, files: list[dict], headers: list, decoded
     train = {name: c["train"] for name, c in counts.items()}
     largest, smallest = max(train, key=train.get), min(train, key=train.get)
     imbalance = train[largest] / max(train[smallest], 1)
-    if imbalance > IMBALANCE:
+    if imbalance > IMBALANCE and multi:
+        warnings.append(f"imbalanced labels: {largest} is on {train[largest]} training images, {smallest} on "
+                        f"{train[smallest]} (--class-weights auto, the default, weighs each label's positives)")
+    elif imbalance > IMBALANCE:
         warnings.append(f"imbalanced classes: {largest} has {train[largest]} training images, "
                         f"{smallest} {train[smallest]} (--class-weights auto, the default, compensates)")
+    n_train = sum(int(ok[i]) for i, f in enumerate(files) if f["split"] == "train")
+    everywhere = [name for name, n in train.items() if multi and n and n == n_train]
+    if everywhere:
+        warnings.append(f"label(s) on every training image, which the model can only learn to always say: "
+                        f"{', '.join(everywhere)}")
 
     tiny, oblong = [], []
     for i, size in enumerate(headers):
@@ -53,21 +65,37 @@ def folder_health(folder: ImageFolder, files: list[dict], headers: list, decoded
 
     grey = {name: 0 for name in folder.class_names}
     for i, f in enumerate(files):
-        grey[f["class"]] += int(ok[i] and decoded["grey"][i])
+        for label in f["labels"]:
+            grey[label] += int(ok[i] and decoded["grey"][i])
     totals = {name: sum(c.values()) for name, c in counts.items()}
-    n_grey, n_ok = sum(grey.values()), int(ok.sum())
+    n_grey, n_ok = int((ok & decoded["grey"]).sum()), int(ok.sum())
     for name in folder.class_names:
+        # Every image either has the label or not, so the others are the readable images without it.
         rest = (n_grey - grey[name]) / max(n_ok - totals[name], 1)
         if totals[name] and grey[name] / totals[name] - rest > 0.25:
             warnings.append(f"{grey[name]} of {totals[name]} {name} images are greyscale, against {rest:.0%} "
-                            "of the others: colour alone may tell the class")
+                            f"of the others: colour alone may tell the {'label' if multi else 'class'}")
 
     few_val = {name: c.get("val", 0) for name, c in counts.items() if c.get("val", 0) < MIN_VAL}
     if few_val:
         shown = ", ".join(f"{name} ({n})" for name, n in few_val.items())
-        warnings.append(f"{len(few_val)} class(es) with under {MIN_VAL} validation images: {shown}")
-    return {"classes": counts, "imbalance": round(imbalance, 2), "unreadable": unreadable, "tiny": tiny,
-            "extreme_aspect": oblong, "grey": {"count": n_grey, "share": round(n_grey / max(n_ok, 1), 4),
-                                                "by_class": grey},
-            "few_val": few_val, "val_split": val_split,
-            "warnings": warnings}
+        warnings.append(f"{len(few_val)} label(s) on under {MIN_VAL} validation images (each label's threshold is "
+                        f"tuned on them): {shown}" if multi else
+                        f"{len(few_val)} class(es) with under {MIN_VAL} validation images: {shown}")
+    health = {"classes": counts, "imbalance": round(imbalance, 2), "unreadable": unreadable, "tiny": tiny,
+              "extreme_aspect": oblong, "grey": {"count": n_grey, "share": round(n_grey / max(n_ok, 1), 4),
+                                                 "by_class": grey},
+              "few_val": few_val, "val_split": val_split, "warnings": warnings}
+    if multi:
+        health["labels_per_image"] = labels_per_image(files, ok)
+    return health
+
+
+def labels_per_image(files: list[dict], ok) -> dict[str, int]:
+    """{"1": readable images with one label, "2": with two, …}; "0" counts images whose labels
+    are all unknown to the training rows (a val or test row's)."""
+    found: dict[int, int] = {}
+    for i, f in enumerate(files):
+        if ok[i]:
+            found[len(f["labels"])] = found.get(len(f["labels"]), 0) + 1
+    return {str(n): found[n] for n in sorted(found)}
