@@ -584,6 +584,19 @@ def test_multi_label_health_counts_each_label(shapes_csv, tmp_path):
            "triangle (3)" in h["warnings"]
     assert result.suspects == [] and NO_MODEL_MULTILABEL in result.notes
 
+    from tlcli.check_report import left_out
+
+    hexagon = tmp_path / "hexagon.png"  # a val image whose one label no training row has
+    smooth_image(np.random.default_rng(0), (90, 90, 90), (64, 64)).save(hexagon)
+    with open(tmp_path / "rows.csv", "a") as f:
+        f.write(f"{hexagon},hexagon,val\n")
+    result = check_folder(tmp_path / "rows.csv", features="none", output=tmp_path / "out", quiet=True,
+                          label_delimiter=";", write_clean=tmp_path / "clean.csv")
+    assert result.health["labels_per_image"]["0"] == 1
+    index = next(i for i, f in enumerate(result.files) if f["path"] == str(hexagon))
+    assert left_out(result)[index] == "no label of the training rows"
+    assert str(hexagon) not in (tmp_path / "clean.csv").read_text()
+
     listed = check_folder(tmp_path / "rows.json", features="none", output=tmp_path / "out", quiet=True)
     assert listed.multi_label and listed.class_names == ["any", "circle", "cross", "square", "triangle"]
     assert listed.health["classes"]["any"] == {"train": 30, "val": 10}

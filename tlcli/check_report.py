@@ -130,8 +130,11 @@ def disputed_text(doubt: dict, threshold: bool = False) -> str:
 def left_out(result) -> dict[int, str]:
     """{file index: why} of the files the clean list leaves out: unreadable ones, likely label
     errors, every copy of a picture filed under two classes, and all copies but one of any
-    other duplicate (the one in train/, else val/: the validation images lose the copy)."""
+    other duplicate (the one in train/, else val/: the validation images lose the copy), and
+    multi-label val or test images with none of the training rows' labels (training ignores
+    them, as it ignores a single-label image of a class training lacks)."""
     why = {i: "unreadable" for i in result.unreadable}
+    why.update({i: "no label of the training rows" for i, f in enumerate(result.files) if not f["labels"]})
     rank = {split: k for k, split in enumerate(SPLIT_NAMES)}
     for how, groups in (("exact", result.exact), ("near", result.near)):
         for group in groups:
