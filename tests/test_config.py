@@ -237,9 +237,9 @@ def test_a_preset_sets_its_fields_but_not_the_flags_given_beside_it():
 
     base = TrainConfig("data")
     fast = base.with_preset("fast")
-    assert fast.preset == "fast" and fast.cache_views == PRESETS["fast"]["cache_views"] != base.cache_views
-    kept = base.with_preset("fast", keep={"cache_views"})
-    assert kept.cache_views == base.cache_views and kept.fine_tune_epochs == PRESETS["fast"]["fine_tune_epochs"]
+    assert fast.preset == "fast" and fast.epochs == PRESETS["fast"]["epochs"] != base.epochs
+    kept = base.with_preset("fast", keep={"epochs"})
+    assert kept.epochs == base.epochs and kept.fine_tune_epochs == PRESETS["fast"]["fine_tune_epochs"]
     assert kept.fine_tune_epochs != base.fine_tune_epochs
     assert base.with_preset("default") == dataclasses.replace(base, preset="default")
     with pytest.raises(TlcliError, match="--preset must be one of fast, default; not 'fsat'"):
