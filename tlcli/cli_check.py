@@ -81,5 +81,5 @@ def check(
     if as_json:
         print(json.dumps(result.to_dict()))
     elif not quiet:
-        for part in summary(result):
-            out.print(part, highlight=False)
+        for part in summary(result):  # lines unwrapped, so paths and the train command copy whole
+            out.print(part, highlight=False, soft_wrap=isinstance(part, str))
