@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tlcli import check_report, fs, similarity, suspects
+from tlcli.config import check_label_delimiter
 from tlcli.data import SPLIT_NAMES, ImageFolder, find_folder, is_file_list
 from tlcli.errors import TlcliError
 from tlcli.health import folder_health
@@ -298,12 +299,6 @@ def check_features(features: str) -> None:
     if not BACKBONES[features].pretrained:
         raise TlcliError(f"--features {features}: this backbone has no ImageNet weights; "
                          f"use auto, pixels, none or a pretrained backbone (e.g. {DEFAULT_BACKBONE}).")
-
-
-def check_label_delimiter(label_delimiter: str | None) -> None:
-    """Refuse an empty --label-delimiter in one line, as `tlcli train` does."""
-    if label_delimiter == "":
-        raise TlcliError("--label-delimiter must be the character (or text) between labels, e.g. ';'; not empty.")
 
 
 def needs_tensorflow(features: str, model=None) -> bool:

@@ -13,7 +13,7 @@ import typer
 
 from tlcli.cli_app import (AsJson, BatchSize, LabelColumn, PathColumn, Quiet, _import_tensorflow_quietly, command,
                            err, out)
-from tlcli.config import check_options
+from tlcli.config import check_label_delimiter, check_options
 from tlcli.labelfile import Columns
 
 
@@ -56,7 +56,7 @@ def check(
 
     Example: [bold]tlcli check labels.csv --label-delimiter ';' --model runs/train[/]
     """
-    from tlcli.check import check_features, check_label_delimiter, needs_tensorflow
+    from tlcli.check import check_features, needs_tensorflow
 
     check_options(batch_size=batch_size)
     if val_split is not None:

@@ -151,8 +151,8 @@ def absolute_data_dir(data_dir: str) -> str:
 
 # --preset: named trade-offs between time and accuracy, each measured on flowers-train (the
 # README's "Presets" table). A preset sets TrainConfig fields; flags given beside it win.
-# No "best" yet: the bigger step tried (half the backbone fine-tuned, 4 epochs) scored
-# 95.74/92.67/91.48% on seeds 0-2 against the default's 94.89/93.02/93.02%.
+# No "best": nothing tried paid for its time. The one larger setting that scored higher, 4 views
+# at 2e-4 (94.38% mean over seeds 0-2), costs 86 s more than the default's 94.21%.
 PRESETS: dict[str, dict] = {
     # Fewer epochs: phase 2's are most of a default run's time once its 2 views are cached.
     # flowers-train, seeds 0-2: 93.87/94.21/92.67% against the default's 94.72/94.04/93.87%,
@@ -255,8 +255,7 @@ class TrainConfig:
         unfreeze = spec.unfreeze if self.unfreeze == "auto" else parse_unfreeze(self.unfreeze)
         if image_size < spec.min_size:
             raise TlcliError(f"--image-size {image_size} is below {self.backbone}'s minimum of {spec.min_size}.")
-        if self.label_delimiter == "":
-            raise TlcliError("--label-delimiter must be the character (or text) between labels, e.g. ';'; not empty.")
+        check_label_delimiter(self.label_delimiter)
         cache_ram_gb = available_memory_gb() / 2 if self.cache_ram_gb == "auto" else self.cache_ram_gb
         resolved = dataclasses.replace(self, data_dir=absolute_data_dir(self.data_dir), image_size=image_size,
                                        unfreeze=unfreeze, cache_ram_gb=round(max(0.5, cache_ram_gb), 2)
@@ -374,6 +373,12 @@ def _int(name: str, value) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise TlcliError(f"--{name} must be a whole number or 'auto', not '{value}'.") from None
+
+
+def check_label_delimiter(label_delimiter: str | None) -> None:
+    """Refuse an empty --label-delimiter in one line (train and check)."""
+    if label_delimiter == "":
+        raise TlcliError("--label-delimiter must be the character (or text) between labels, e.g. ';'; not empty.")
 
 
 def parse_unfreeze(value) -> int | float:
